@@ -1,0 +1,116 @@
+"""The one settings object of ClipGuard.
+
+Every environment variable the project reads is a field of `Settings`, named
+`CLIPGUARD_<FIELD>` in upper case. Settings are read when an app is built
+(`Settings.from_env()`), never at import time; explicit keyword arguments win over the
+environment. An unknown `CLIPGUARD_*` variable is an error, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.errors import ConfigError
+
+ENV_PREFIX = "CLIPGUARD_"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    # Kafka and Faust
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "clipguard"
+    topic_prefix: str = "clipguard"
+    partitions: int = 4
+    replication_factor: int = 1
+    store: str = "rocksdb://"
+    data_dir: Path = PROJECT_ROOT / ".clipguard" / "worker"
+
+    # HTTP API (served by Faust's web server)
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    api_keys_file: Path = PROJECT_ROOT / ".clipguard" / "api-keys.json"
+    sync_timeout_s: float = 30.0
+    max_upload_bytes: int = 50 * 1024 * 1024
+    result_retention_s: float = 7 * 24 * 3600.0
+
+    # Where clips may come from
+    media_roots: tuple[Path, ...] = (PROJECT_ROOT / ".clipguard" / "media",)
+    upload_dir: Path = PROJECT_ROOT / ".clipguard" / "media" / "uploads"
+    http_connect_timeout_s: float = 5.0
+    http_read_timeout_s: float = 30.0
+    # Hosts (name or address) that http(s) fetches may reach even when they resolve to a
+    # loopback, private or link-local address.
+    http_allow_hosts: tuple[str, ...] = ()
+
+    # Decode
+    sample_fps: float = 3.0
+    analysis_height: int = 320
+    jpeg_quality: int = 85
+    decode_workers: int = 1
+    decode_timeout_s: float = 60.0
+    max_clip_bytes: int = 50 * 1024 * 1024
+    max_duration_s: float = 120.0
+    max_width: int = 4096
+    max_height: int = 4096
+    max_frames: int = 120
+
+    # Classify
+    models_dir: Path = PROJECT_ROOT / "models"
+    inference_threads: int = 2
+    # JSON file of per-tenant policies (thresholds, risk mapping); empty: built-in defaults.
+    policy_file: Path | None = None
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}.{name}"
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: typing.Any
+    ) -> Settings:
+        """Build settings from `environ` (default: os.environ); `overrides` win."""
+        environ = os.environ if environ is None else environ
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        values: dict[str, typing.Any] = {}
+        for var, raw in environ.items():
+            if not var.startswith(ENV_PREFIX):
+                continue
+            name = var[len(ENV_PREFIX) :].lower()
+            if name not in fields:
+                known = ", ".join(ENV_PREFIX + n.upper() for n in sorted(fields))
+                raise ConfigError(f"unknown setting {var}; known settings: {known}")
+            values[name] = _parse(var, raw, hints[name])
+        unknown = set(overrides) - set(fields)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {sorted(unknown)}")
+        values.update(overrides)
+        return cls(**values)
+
+
+def _parse(var: str, raw: str, hint: typing.Any) -> typing.Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if raw == "":
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _parse(var, raw, inner)
+    if origin is tuple:
+        return tuple(_parse(var, part.strip(), args[0]) for part in raw.split(",") if part.strip())
+    try:
+        if hint is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes")
+        return hint(raw)
+    except ValueError as exc:
+        raise ConfigError(f"setting {var}={raw!r} is not a valid {hint.__name__}") from exc
+
