@@ -113,4 +113,3 @@ def _parse(var: str, raw: str, hint: typing.Any) -> typing.Any:
         return hint(raw)
     except ValueError as exc:
         raise ConfigError(f"setting {var}={raw!r} is not a valid {hint.__name__}") from exc
-

@@ -110,7 +110,10 @@ def test_codec_accepts_another_framing():
 
 text = st.text(max_size=40)
 metadata_value = st.one_of(
-    text, st.integers(-(2**63), 2**63 - 1), st.booleans(), st.none(),
+    text,
+    st.integers(-(2**63), 2**63 - 1),
+    st.booleans(),
+    st.none(),
     st.floats(allow_nan=False),
 )
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from streams.codec import RESULT, default_codec
-from streams.results import new_clip_id, render_result, result_from_json, iso_timestamp
+from streams.results import iso_timestamp, new_clip_id, render_result, result_from_json
 
 EXAMPLE = json.loads((Path(__file__).parent / "fixtures" / "result-example.json").read_text())
 
@@ -32,6 +32,4 @@ def test_ids_are_object_ids_that_carry_their_creation_time():
 
 
 def test_timestamps_have_milliseconds_and_offset():
-    assert re.fullmatch(
-        r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", iso_timestamp()
-    )
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", iso_timestamp())

@@ -1,0 +1,80 @@
+"""API keys: every request carries one; each key belongs to exactly one tenant.
+
+Keys live in a JSON file (settings.api_keys_file):
+    {"keys": [{"key": "cg_...", "tenant": "acme"}, ...]}
+Only SHA-256 digests are kept in memory, and comparisons are constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from pathlib import Path
+
+from streams.errors import ConfigError
+
+TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+class ApiKeys:
+    def __init__(self, tenants_by_key: dict[str, str]) -> None:
+        for tenant in tenants_by_key.values():
+            if not TENANT_PATTERN.fullmatch(tenant):
+                raise ConfigError(
+                    f"tenant name {tenant!r} is not allowed ({TENANT_PATTERN.pattern})"
+                )
+        self._by_digest = [(_digest(k), t) for k, t in tenants_by_key.items()]
+
+    def tenant_of(self, key: str | None) -> str | None:
+        if not key:
+            return None
+        digest = _digest(key)
+        found = None
+        for known, tenant in self._by_digest:  # no early exit: same time for every key
+            if hmac.compare_digest(known, digest):
+                found = tenant
+        return found
+
+    @classmethod
+    def load(cls, path: Path) -> ApiKeys:
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"API key file {path} is missing; create one with `clipguard keys add TENANT`"
+            ) from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"API key file {path} is not valid JSON: {exc}") from exc
+        entries = doc.get("keys") if isinstance(doc, dict) else None
+        if not isinstance(entries, list):
+            raise ConfigError(
+                f'API key file {path} must be {{"keys": [{{"key": ..., "tenant": ...}}]}}'
+            )
+        tenants = {}
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or set(entry) != {"key", "tenant"}:
+                raise ConfigError(
+                    f"API key file {path}: entry {i} must have exactly key and tenant"
+                )
+            tenants[str(entry["key"])] = str(entry["tenant"])
+        return cls(tenants)
+
+
+def add_key(path: Path, tenant: str) -> str:
+    """Create a new key for `tenant` in the key file (created if missing) and return it."""
+    if not TENANT_PATTERN.fullmatch(tenant):
+        raise ConfigError(f"tenant name {tenant!r} is not allowed ({TENANT_PATTERN.pattern})")
+    doc = json.loads(path.read_text()) if path.exists() else {"keys": []}
+    key = "cg_" + secrets.token_urlsafe(24)
+    doc["keys"].append({"key": key, "tenant": tenant})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    path.chmod(0o600)
+    return key

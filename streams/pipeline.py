@@ -1,0 +1,286 @@
+"""The pipeline steps, free of Faust: message bytes in, messages to send out.
+
+Each step takes the raw value of one Kafka message (and where it came from) and returns the
+messages to produce. Agents in streams/app.py only move bytes between topics and these steps;
+tests call the steps directly. Expected failures never raise out of a step: a clip that cannot
+be fetched, decoded or classified becomes an error result plus a dead-letter record, and a
+message that is not ours becomes a dead-letter record. Nothing is lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, AvroCodec, Record
+from streams.errors import ClipError, CodecError, ErrorCode
+from streams.results import DONE, PENDING, base_result, error_result, finish_timing, iso_timestamp
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Logical topic names; streams/app.py maps them to real topic names.
+DECODED_TOPIC, RESULTS_TOPIC, PROGRESS_TOPIC, DEAD_LETTER_TOPIC = (
+    "decoded",
+    "results",
+    "progress",
+    "deadletter",
+)
+
+
+@dataclass(frozen=True)
+class Origin:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True)
+class Out:
+    topic: str
+    key: bytes
+    value: bytes
+
+
+def dead_letter(
+    codec: AvroCodec,
+    origin: Origin,
+    value: bytes,
+    *,
+    stage: str,
+    code: ErrorCode,
+    message: str,
+    clip_id: str | None,
+) -> Out:
+    record = {
+        "clip_id": clip_id,
+        "topic": origin.topic,
+        "partition": origin.partition,
+        "offset": origin.offset,
+        "key": origin.key,
+        "value": value,
+        "stage": stage,
+        "error_code": int(code),
+        "error_msg": message,
+        "failed_at": iso_timestamp(),
+    }
+    key = (clip_id or "").encode() or origin.key or b""
+    return Out(DEAD_LETTER_TOPIC, key, codec.encode(DEAD_LETTER, record))
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+class DecodeStep:
+    """requests -> decoded (or error result + dead letter)."""
+
+    def __init__(self, settings: Settings, codec: AvroCodec, pool: Any) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.pool = pool
+
+    async def __call__(self, value: bytes, origin: Origin) -> list[Out]:
+        try:
+            request = self.codec.decode(value, expect=REQUEST)
+        except CodecError as exc:
+            log.warning("malformed request at %s: %s", origin, exc)
+            return [
+                dead_letter(
+                    self.codec,
+                    origin,
+                    value,
+                    stage="intake",
+                    code=exc.code,
+                    message=str(exc),
+                    clip_id=origin.key.decode(errors="replace") if origin.key else None,
+                )
+            ]
+        started_at = iso_timestamp()
+        timing: dict[str, float] = {}
+        try:
+            decoded = await self._fetch_and_decode(request, timing)
+        except ClipError as exc:
+            message = f"clip {request['id']}: {exc}" if exc.clip_id is None else str(exc)
+            log.info("clip %s failed at decode (%s): %s", request["id"], origin, message)
+            result = error_result(request, exc.code, message, started_at=started_at, timing=timing)
+            return self._error_outputs(request, result, value, origin, "decode")
+        decoded["started_at"] = started_at
+        progress = base_result(request, started_at=started_at)
+        progress["status"] = {"classify": PENDING, "video": DONE}
+        progress["video"] = {
+            "videoname": decoded["videoname"],
+            "filesize": decoded["filesize"],
+            "specs": decoded["specs"],
+        }
+        key = request["id"].encode()
+        return [
+            Out(DECODED_TOPIC, key, self.codec.encode(DECODED, decoded)),
+            Out(PROGRESS_TOPIC, key, self.codec.encode(RESULT, progress)),
+        ]
+
+    async def _fetch_and_decode(self, request: Record, timing: dict[str, float]) -> Record:
+        from streams.stages.fetch import fetch
+
+        uri = self._resolve_upload(request["video_uri"], request["id"])
+        with tempfile.TemporaryDirectory(prefix="clipguard-fetch-") as scratch:
+            start = time.perf_counter()
+            fetched = await fetch(uri, self.settings, Path(scratch))
+            timing["fetch"] = _ms_since(start)
+            start = time.perf_counter()
+            videoname = request["videoname"] or uri.rstrip("/").rsplit("/", 1)[-1]
+            clip = await self.pool.decode(fetched.path, self.settings, videoname)
+            timing["decode"] = _ms_since(start)
+        start = time.perf_counter()
+        frames = await self.pool.encode_frames(clip.frames, self.settings.jpeg_quality)
+        timing["encode"] = _ms_since(start)
+        specs = clip.specs
+        return {
+            "request": request,
+            "started_at": "",
+            "videoname": clip.videoname,
+            "filesize": clip.filesize,
+            "specs": {
+                "width": specs.width,
+                "height": specs.height,
+                "fps": specs.fps,
+                "nframes": specs.nframes,
+                "duration": specs.duration,
+                "original_width": specs.original_width,
+                "original_height": specs.original_height,
+                "original_fps": specs.original_fps,
+                "original_nframes": specs.original_nframes,
+            },
+            "frames": frames,
+            "timestamps": list(clip.timestamps),
+            "timing": timing,
+        }
+
+    def _resolve_upload(self, uri: str, clip_id: str) -> str:
+        if not uri.startswith("upload://"):
+            return uri
+        name = uri.removeprefix("upload://")
+        if not name or "/" in name or name.startswith("."):
+            raise ClipError(
+                ErrorCode.SOURCE_FORBIDDEN, f"bad upload reference {uri!r}", clip_id=clip_id
+            )
+        return (self.settings.upload_dir / name).resolve().as_uri()
+
+    def _error_outputs(
+        self, request: Record, result: Record, value: bytes, origin: Origin, stage: str
+    ) -> list[Out]:
+        key = request["id"].encode()
+        return [
+            Out(RESULTS_TOPIC, key, self.codec.encode(RESULT, result)),
+            dead_letter(
+                self.codec,
+                origin,
+                value,
+                stage=stage,
+                code=ErrorCode(result["error_code"]),
+                message=result["error_msg"],
+                clip_id=request["id"],
+            ),
+        ]
+
+
+class ClassifyStep:
+    """decoded -> results (or error result + dead letter)."""
+
+    def __init__(self, codec: AvroCodec, pack: Any, policies: Any, executor: Executor) -> None:
+        self.codec = codec
+        self.pack = pack
+        self.policies = policies
+        self.executor = executor
+
+    async def __call__(self, value: bytes, origin: Origin) -> list[Out]:
+        try:
+            decoded = self.codec.decode(value, expect=DECODED)
+        except CodecError as exc:
+            log.warning("malformed decoded clip at %s: %s", origin, exc)
+            return [
+                dead_letter(
+                    self.codec,
+                    origin,
+                    value,
+                    stage="classify",
+                    code=exc.code,
+                    message=str(exc),
+                    clip_id=origin.key.decode(errors="replace") if origin.key else None,
+                )
+            ]
+        request = decoded["request"]
+        timing = dict(decoded["timing"])
+        start = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            scores = await loop.run_in_executor(self.executor, self._classify, decoded)
+        except (
+            Exception
+        ) as exc:  # an inference failure must become an error result, not a lost clip
+            log.exception("clip %s: classification failed at %s", request["id"], origin)
+            timing["classify"] = _ms_since(start)
+            result = error_result(
+                request,
+                ErrorCode.INFERENCE_FAILED,
+                f"clip {request['id']}: classification failed: {type(exc).__name__}: {exc}",
+                started_at=decoded["started_at"],
+                timing=timing,
+                video_done=True,
+            )
+            key = request["id"].encode()
+            return [
+                Out(RESULTS_TOPIC, key, self.codec.encode(RESULT, result)),
+                dead_letter(
+                    self.codec,
+                    origin,
+                    value,
+                    stage="classify",
+                    code=ErrorCode.INFERENCE_FAILED,
+                    message=result["error_msg"],
+                    clip_id=request["id"],
+                ),
+            ]
+        timing["classify"] = _ms_since(start)
+        result = base_result(request, started_at=decoded["started_at"])
+        result["status"] = {"classify": DONE, "video": DONE}
+        result["model"] = self.pack.name
+        result["version"] = self.pack.version
+        result["risk"] = scores.risk
+        result["labels"] = list(scores.labels)
+        result["scores"] = dict(scores.scores)
+        result["video"] = {
+            "videoname": decoded["videoname"],
+            "filesize": decoded["filesize"],
+            "specs": decoded["specs"],
+        }
+        finish_timing(result, timing)
+        return [Out(RESULTS_TOPIC, request["id"].encode(), self.codec.encode(RESULT, result))]
+
+    def _classify(self, decoded: Record) -> Any:
+        from streams.stages.classify import classify
+        from streams.stages.frames import decode_frames
+
+        frames = decode_frames(decoded["frames"])
+        policy = self.policies.for_tenant(decoded["request"]["tenant"])
+        return classify(frames, decoded["timestamps"], self.pack, policy)
+
+
+def should_store(current: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> bool:
+    """Table merge rule: a final result is never replaced by progress (at-least-once replays)."""
+    if current is None:
+        return True
+    current_final = current["status"]["classify"] in (DONE, "error")
+    incoming_final = incoming["status"]["classify"] in (DONE, "error")
+    return incoming_final or not current_final
