@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,9 +128,7 @@ def _video_stream(container: av.container.InputContainer, name: str) -> av.Video
     format_names = set(container.format.name.split(","))
     # Cover art in audio files is a "video" stream of one picture; it is not footage.
     videos = [
-        s
-        for s in container.streams.video
-        if not s.disposition & av.stream.Disposition.attached_pic
+        s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
     ]
     if not videos:
         kinds = ", ".join(f"{s.type} ({_codec_name(s)})" for s in container.streams) or "none"
@@ -159,12 +158,19 @@ def _check_header_limits(
     duration = _header_duration(container, stream)
     if duration is not None:
         _check_duration(duration, name, settings)
-        expected_frames = math.floor(duration * settings.sample_fps + _TIME_EPSILON)
+        rate = settings.sample_fps
+        if stream.average_rate:
+            rate = min(rate, float(stream.average_rate))
+        expected_frames = math.floor(duration * rate + _TIME_EPSILON)
+        if stream.frames:
+            expected_frames = min(expected_frames, stream.frames)
         if expected_frames > settings.max_frames:
             raise _too_many_frames(name, expected_frames, settings)
 
 
-def _header_duration(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+def _header_duration(
+    container: av.container.InputContainer, stream: av.VideoStream
+) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
@@ -192,8 +198,8 @@ def _check_duration(duration: float, name: str, settings: Settings) -> None:
 def _too_many_frames(name: str, count: int, settings: Settings) -> ClipError:
     return ClipError(
         ErrorCode.LIMIT_EXCEEDED,
-        f"{name}: {count} frames at {settings.sample_fps:g} fps is over the limit of "
-        f"{settings.max_frames} frames",
+        f"{name}: {count} or more sampled frames at {settings.sample_fps:g} fps is over the "
+        f"limit of {settings.max_frames} frames",
     )
 
 
@@ -212,60 +218,51 @@ def _sample(
     last_frame_length: float | None = None
     next_instant = 0.0
     display: tuple[int, int] | None = None
-    error: av.error.FFmpegError | None = None
     nominal_rate = float(stream.average_rate) if stream.average_rate else None
 
-    packets = container.demux(stream)
-    while True:
-        try:
-            packet = next(packets)
-            frames = packet.decode()
-        except StopIteration:
-            break
-        except av.error.FFmpegError as exc:
-            # A truncated or damaged file: keep what decoded so far (see module docstring).
-            error = exc
-            break
-        for frame in frames:
-            stamp = frame.time
-            if stamp is None:
-                step = 1.0 / nominal_rate if nominal_rate else interval
-                stamp = (last_time + step) if first_time is not None else 0.0
-            if first_time is None:
-                first_time = stamp
-                rotation = _quarter_turns(frame.rotation)
-                dims = (frame.width, frame.height) if rotation % 2 == 0 else (frame.height, frame.width)
-                display = dims
-                _check_dimensions(dims[0], dims[1], name, settings)
-            relative = stamp - first_time
-            if relative < last_time - first_time and decoded:
-                # Out-of-order or repeated stamps (broken muxers): never step back in time.
-                relative = last_time - first_time
-            decoded += 1
-            last_time = first_time + relative
-            if frame.duration and frame.time_base is not None:
-                last_frame_length = float(frame.duration * frame.time_base)
-            _check_duration(relative, name, settings)
-            if relative + _TIME_EPSILON < next_instant:
-                continue
-            if len(kept) >= settings.max_frames:
-                raise _too_many_frames(name, len(kept) + 1, settings)
-            assert display is not None
-            kept.append(_analysis_frame(frame, display, settings.analysis_height))
-            stamps.append(round(relative, 3))
-            next_instant = (math.floor(relative / interval + _TIME_EPSILON) + 1) * interval
+    errors: list[av.error.FFmpegError] = []
+    for frame in _decoded_frames(stream, container, errors):
+        stamp = frame.time
+        if stamp is None:
+            step = 1.0 / nominal_rate if nominal_rate else interval
+            stamp = (last_time + step) if first_time is not None else 0.0
+        if first_time is None:
+            first_time = stamp
+            upright = _quarter_turns(frame.rotation) % 2 == 0
+            display = (frame.width, frame.height) if upright else (frame.height, frame.width)
+            _check_dimensions(*display, name, settings)
+        relative = stamp - first_time
+        if relative < last_time - first_time and decoded:
+            # Out-of-order or repeated stamps (broken muxers): never step back in time.
+            relative = last_time - first_time
+        decoded += 1
+        last_time = first_time + relative
+        if frame.duration and frame.time_base is not None:
+            last_frame_length = float(frame.duration * frame.time_base)
+        _check_duration(relative, name, settings)
+        if relative + _TIME_EPSILON < next_instant:
+            continue
+        if len(kept) >= settings.max_frames or display is None:
+            raise _too_many_frames(name, len(kept) + 1, settings)
+        kept.append(_analysis_frame(frame, display, settings.analysis_height))
+        stamps.append(round(relative, 3))
+        next_instant = (math.floor(relative / interval + _TIME_EPSILON) + 1) * interval
 
+    error = errors[0] if errors else None
     if error is not None:
         if not kept:
             raise ClipError(
                 ErrorCode.INVALID_VIDEO, f"{name}: the video data is damaged ({_reason(error)})"
             ) from error
         log.warning(
-            "%s: decoding stopped after %d frames (%s); keeping the %d sampled so far",
-            name, decoded, _reason(error), len(kept),
+            "%s: %d decoding error(s), first: %s; keeping the %d frames sampled from %d decoded",
+            name, len(errors), _reason(error), len(kept), decoded,
         )  # fmt: skip
     if not kept or display is None or first_time is None:
-        raise ClipError(ErrorCode.NO_FRAMES, f"{name}: the video stream holds no decodable frame")
+        raise ClipError(
+            ErrorCode.NO_FRAMES,
+            f"{name}: not one frame of its video stream decodes (empty or cut short?)",
+        )
 
     span = last_time - first_time
     if last_frame_length is None or last_frame_length <= 0:
@@ -287,17 +284,52 @@ def _sample(
     return kept, stamps, specs
 
 
-def _analysis_frame(frame: av.VideoFrame, display: tuple[int, int], analysis_height: int) -> np.ndarray:
+def _decoded_frames(
+    stream: av.VideoStream,
+    container: av.container.InputContainer,
+    errors: list[av.error.FFmpegError],
+) -> Iterator[av.VideoFrame]:
+    """Every frame of `stream`; FFmpeg errors go to `errors` instead of ending the clip.
+
+    A packet the decoder rejects is skipped (the next keyframe repairs the picture); a
+    demuxer error ends the stream (nothing after it can be trusted to be in order).
+    """
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError as exc:
+            errors.append(exc)
+            break
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError as exc:
+            errors.append(exc)
+            continue
+        yield from frames
+    # The demuxer gave up early: frames still held inside the decoder (frame threads,
+    # reordering) were decoded correctly and are worth keeping.
+    try:
+        yield from stream.codec_context.decode(None)
+    except av.error.FFmpegError as exc:
+        errors.append(exc)
+
+
+def _analysis_frame(
+    frame: av.VideoFrame, display: tuple[int, int], analysis_height: int
+) -> np.ndarray:
     turns = _quarter_turns(frame.rotation)
     width, height = analysis_size(display[0], display[1], analysis_height)
     coded = (width, height) if turns % 2 == 0 else (height, width)
-    if (frame.width, frame.height) != coded:
-        frame = frame.reformat(width=coded[0], height=coded[1], interpolation="AREA")
-    rgb = frame.to_ndarray(format="rgb24")
+    # One swscale pass does both the resize and the conversion to RGB.
+    rgb = frame.to_ndarray(width=coded[0], height=coded[1], format="rgb24", interpolation="AREA")
     if turns:
         # FFmpeg's rotation is counter-clockwise, like np.rot90 with positive k.
-        rgb = np.ascontiguousarray(np.rot90(rgb, k=turns))
-    return rgb
+        rgb = np.rot90(rgb, k=turns)
+    # swscale pads rows; consumers (JPEG encoder, ONNX input) want a plain array.
+    return np.ascontiguousarray(rgb)
 
 
 def _quarter_turns(rotation: int) -> int:

@@ -1,0 +1,144 @@
+"""Run `decode` in child processes, so a decoder crash or hang costs one clip, not the worker.
+
+FFmpeg is C: some damaged files are known to crash it (PyAV #2344), and Python threads would
+not scale decoding past one core anyway. Each of the `decode_workers` slots is a one-process
+`ProcessPoolExecutor`, so a crash or a kill only ever touches the clip that caused it; the
+slot is then rebuilt and the next clip runs normally.
+
+Children come from a forkserver, never `fork`: the parent runs Kafka clients and an asyncio
+loop with threads, and forking a threaded process can copy a held lock into the child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+from streams.errors import ClipError, ErrorCode
+from streams.settings import Settings
+from streams.stages.decode import DecodedClip, decode
+
+log = logging.getLogger(__name__)
+
+DecodeFn = Callable[..., DecodedClip]
+
+# What crosses the process boundary back from a child: the clip, or the error as plain data
+# (ClipError itself does not survive pickling: its constructor takes the code first).
+_Outcome = tuple[DecodedClip | None, int, str]
+
+
+def _decode_in_child(
+    decode_fn: DecodeFn, path: Path, settings: Settings, videoname: str | None
+) -> _Outcome:
+    try:
+        return decode_fn(path, settings, videoname=videoname), ErrorCode.OK, ""
+    except ClipError as exc:
+        return None, exc.code, str(exc)
+    except Exception as exc:  # a bug of ours, reported as data rather than a lost message
+        log.exception("decoding %s failed unexpectedly", videoname or path.name)
+        return None, ErrorCode.INTERNAL, f"{videoname or path.name}: decoder bug: {exc!r}"
+
+
+@dataclass
+class _Slot:
+    executor: ProcessPoolExecutor
+    pid: int
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class DecodePool:
+    """`await pool.decode(path, settings, videoname)` runs `decode` in a child process.
+
+    `decode_fn` replaces `decode` in the children; tests pass functions that crash or hang.
+    It must be a module-level function (it is pickled by name).
+    """
+
+    def __init__(self, settings: Settings, *, decode_fn: DecodeFn = decode) -> None:
+        self._decode_fn = decode_fn
+        self._size = max(1, settings.decode_workers)
+        self._context = multiprocessing.get_context("forkserver")
+        # Children start from a server that has already imported PyAV and numpy; this only
+        # takes effect if this process has not started its forkserver yet.
+        self._context.set_forkserver_preload(["streams.stages.decode"])
+        self._idle: asyncio.Queue[_Slot | None] = asyncio.Queue()
+        for _ in range(self._size):
+            self._idle.put_nowait(None)  # started on first use
+        self._slots: set[_Slot] = set()
+        self._closed = False
+
+    async def decode(
+        self, path: Path, settings: Settings, videoname: str | None = None
+    ) -> DecodedClip:
+        if self._closed:
+            raise ClipError(ErrorCode.INTERNAL, "the decode pool is closed")
+        name = videoname or path.name
+        slot = await self._idle.get()
+        try:
+            slot = slot or await self._start_slot()
+            outcome = await self._run(slot, path, settings, videoname)
+        except BrokenProcessPool as exc:
+            if slot is not None:
+                self._discard(slot)
+            slot = None
+            log.error("decoder process crashed on %s; restarting it", name)
+            raise ClipError(
+                ErrorCode.DECODER_CRASHED, f"{name}: the decoder process crashed on this file"
+            ) from exc
+        except TimeoutError as exc:
+            if slot is not None:
+                self._discard(slot)
+            slot = None
+            log.error(
+                "decoding %s took over %ss; killed its process", name, settings.decode_timeout_s
+            )
+            raise ClipError(
+                ErrorCode.DECODE_TIMEOUT,
+                f"{name}: decoding took longer than {settings.decode_timeout_s:g} s",
+            ) from exc
+        finally:
+            self._idle.put_nowait(slot)
+        clip, code, message = outcome
+        if clip is None:
+            raise ClipError(ErrorCode(code), message)
+        return clip
+
+    async def _run(
+        self, slot: _Slot, path: Path, settings: Settings, videoname: str | None
+    ) -> _Outcome:
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            slot.executor, _decode_in_child, self._decode_fn, path, settings, videoname
+        )
+        return await asyncio.wait_for(future, settings.decode_timeout_s)
+
+    async def _start_slot(self) -> _Slot:
+        executor = ProcessPoolExecutor(max_workers=1, mp_context=self._context)
+        # The child's pid is what lets a timeout kill exactly this child.
+        pid = await asyncio.get_running_loop().run_in_executor(executor, os.getpid)
+        slot = _Slot(executor, pid)
+        self._slots.add(slot)
+        return slot
+
+    def _discard(self, slot: _Slot) -> None:
+        self._slots.discard(slot)
+        slot.kill()
+
+    def close(self) -> None:
+        """Stop every child now; clips still decoding get DECODER_CRASHED or are cancelled."""
+        self._closed = True
+        for slot in list(self._slots):
+            self._discard(slot)
