@@ -177,11 +177,16 @@ def main(source: Path) -> None:
         add(name, frames, vrate, Spec(name, scene, "intrusion", f"vtest.avi {start}-{start + 4}s"))
     name = "vtest_scene_20s_timestamp.mp4"
     frames = overlay_timestamp([resize(f, (480, 360)) for f in window(vtest, vrate, 20)], vrate, 20)
-    add(name, frames, vrate, Spec(name, (*scene, "text"), "intrusion", "vtest.avi 20-24s + caption"))
+    add(
+        name, frames, vrate, Spec(name, (*scene, "text"), "intrusion", "vtest.avi 20-24s + caption")
+    )
 
     # Quarter crops (384x288, native pixels) of moments when nobody crosses them: a real
     # empty scene with the real sensor noise and compression of the footage.
-    empty = (("bottomleft", (288, 576, 0, 384), (2.0, 14.0, 36.0)), ("bottomright", (288, 576, 384, 768), (29.2,)))
+    empty = (
+        ("bottomleft", (288, 576, 0, 384), (2.0, 14.0, 36.0)),
+        ("bottomright", (288, 576, 384, 768), (29.2,)),
+    )
     for where, (y0, y1, x0, x1), starts in empty:
         for start in starts:
             name = f"vtest_empty_{where}_{int(start):02d}s.mp4"
@@ -190,8 +195,12 @@ def main(source: Path) -> None:
             add(name, frames, vrate, Spec(name, ("NOTHING",), "safe", src))
     name = "vtest_empty_bottomleft_47s_timestamp.mp4"
     frames = [np.ascontiguousarray(f[288:576, 0:384]) for f in window(vtest, vrate, 47.0)]
-    add(name, overlay_timestamp(frames, vrate, 47), vrate,
-        Spec(name, ("text", "NOTHING"), "safe", "vtest.avi 47-51s, crop x0-384 y288-576 + caption"))
+    add(
+        name,
+        overlay_timestamp(frames, vrate, 47),
+        vrate,
+        Spec(name, ("text", "NOTHING"), "safe", "vtest.avi 47-51s, crop x0-384 y288-576 + caption"),
+    )
 
     # tree.avi declares 15 fps but holds only 68 real frames (~2.3 a second, 29.6 s): keep
     # their capture times rather than invent frames.
@@ -199,8 +208,13 @@ def main(source: Path) -> None:
     for start in (0, 10, 20):
         name = f"tree_{start:02d}s.mp4"
         picked = [(t, f) for t, f in tree if start <= t < start + CLIP_SECONDS]
-        add(name, [f for _, f in picked], Fraction(15), Spec(name, ("plant", "wind"), "safe",
-            f"tree.avi {start}-{start + 4}s"), times=[t for t, _ in picked])
+        add(
+            name,
+            [f for _, f in picked],
+            Fraction(15),
+            Spec(name, ("plant", "wind"), "safe", f"tree.avi {start}-{start + 4}s"),
+            times=[t for t, _ in picked],
+        )
 
     data = Path(skimage.io.__file__).resolve().parent.parent / "data"
     photos = (
@@ -215,8 +229,12 @@ def main(source: Path) -> None:
     for seed, (photo, labels, risk) in enumerate(photos):
         name = f"photo_{photo}.mp4"
         image = skimage.io.imread(data / f"{photo}.png")
-        add(name, photo_clip(image, seed), Fraction(PHOTO_FPS),
-            Spec(name, labels, risk, f"scikit-image data/{photo}.png, pan/zoom + noise"))
+        add(
+            name,
+            photo_clip(image, seed),
+            Fraction(PHOTO_FPS),
+            Spec(name, labels, risk, f"scikit-image data/{photo}.png, pan/zoom + noise"),
+        )
 
     with LABELS.open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
