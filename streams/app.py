@@ -91,7 +91,7 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(settings.data_dir),
         web_host=settings.web_host,
         web_port=settings.web_port,
-        web_bind=settings.web_host,
+        web_bind=settings.web_bind or settings.web_host,
         topic_partitions=settings.partitions,
         topic_replication_factor=settings.replication_factor,
         autodiscover=False,
@@ -122,7 +122,8 @@ def create_app(settings: Settings) -> faust.App:
             "cleanup.policy": "compact,delete",
             "retention.ms": str(int(settings.result_retention_s * 1000)),
         },
-        **raw,
+        key_type=bytes,  # bytes means the "raw" serializer: the same key bytes as the topics
+        value_type=bytes,
     )
     runtime = Runtime(settings, app, default_codec(), topics, table, waiters={})
     app.clipguard = runtime  # type: ignore[attr-defined]
@@ -137,14 +138,6 @@ def create_app(settings: Settings) -> faust.App:
 def _add_lifecycle(app: faust.App, runtime: Runtime) -> None:
     inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipguard-infer")
     pools: list[Any] = []
-
-    @app.on_after_configured.connect
-    def _configured(app: faust.App, **kwargs: Any) -> None:
-        log.info(
-            "ClipGuard configured: broker %s, topics %s.*",
-            runtime.settings.kafka_bootstrap,
-            runtime.settings.topic_prefix,
-        )
 
     @app.task(on_leader=False)
     async def _start_stages() -> None:
@@ -165,7 +158,7 @@ def _add_lifecycle(app: faust.App, runtime: Runtime) -> None:
         runtime.model_loaded = True
         log.info("model pack %s %s loaded", pack.name, pack.version)
 
-    @app.on_shutdown.connect
+    @app.on_before_shutdown.connect
     def _shutdown(app: faust.App, **kwargs: Any) -> None:
         for pool in pools:
             pool.close()

@@ -34,7 +34,10 @@ class Settings:
     data_dir: Path = PROJECT_ROOT / ".clipguard" / "worker"
 
     # HTTP API (served by Faust's web server)
+    # web_host:web_port is the URL other workers use to reach this one (Faust's canonical URL);
+    # web_bind is the interface to listen on (empty: web_host).
     web_host: str = "127.0.0.1"
+    web_bind: str = ""
     web_port: int = 6066
     api_keys_file: Path = PROJECT_ROOT / ".clipguard" / "api-keys.json"
     sync_timeout_s: float = 30.0
