@@ -23,6 +23,7 @@ from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, AvroCodec, Reco
 from streams.errors import ClipError, CodecError, ErrorCode
 from streams.results import DONE, PENDING, base_result, error_result, finish_timing, iso_timestamp
 from streams.settings import Settings
+from streams.stages.frames import encode_frames
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,25 @@ def dead_letter(
     return Out(DEAD_LETTER_TOPIC, key, codec.encode(DEAD_LETTER, record))
 
 
+def error_outputs(
+    codec: AvroCodec, request: Record, result: Record, value: bytes, origin: Origin, stage: str
+) -> list[Out]:
+    """An error result for the alarm router plus a dead-letter record with the original bytes."""
+    key = request["id"].encode()
+    return [
+        Out(RESULTS_TOPIC, key, codec.encode(RESULT, result)),
+        dead_letter(
+            codec,
+            origin,
+            value,
+            stage=stage,
+            code=ErrorCode(result["error_code"]),
+            message=result["error_msg"],
+            clip_id=request["id"],
+        ),
+    ]
+
+
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
@@ -115,7 +135,7 @@ class DecodeStep:
             message = f"clip {request['id']}: {exc}" if exc.clip_id is None else str(exc)
             log.info("clip %s failed at decode (%s): %s", request["id"], origin, message)
             result = error_result(request, exc.code, message, started_at=started_at, timing=timing)
-            return self._error_outputs(request, result, value, origin, "decode")
+            return error_outputs(self.codec, request, result, value, origin, "decode")
         decoded["started_at"] = started_at
         progress = base_result(request, started_at=started_at)
         progress["status"] = {"classify": PENDING, "video": DONE}
@@ -143,7 +163,11 @@ class DecodeStep:
             clip = await self.pool.decode(fetched.path, self.settings, videoname)
             timing["decode"] = _ms_since(start)
         start = time.perf_counter()
-        frames = await self.pool.encode_frames(clip.frames, self.settings.jpeg_quality)
+        # Pillow releases the GIL while encoding, so a thread keeps the event loop free.
+        loop = asyncio.get_running_loop()
+        frames = await loop.run_in_executor(
+            None, encode_frames, clip.frames, self.settings.jpeg_quality
+        )
         timing["encode"] = _ms_since(start)
         specs = clip.specs
         return {
@@ -177,23 +201,6 @@ class DecodeStep:
             )
         return (self.settings.upload_dir / name).resolve().as_uri()
 
-    def _error_outputs(
-        self, request: Record, result: Record, value: bytes, origin: Origin, stage: str
-    ) -> list[Out]:
-        key = request["id"].encode()
-        return [
-            Out(RESULTS_TOPIC, key, self.codec.encode(RESULT, result)),
-            dead_letter(
-                self.codec,
-                origin,
-                value,
-                stage=stage,
-                code=ErrorCode(result["error_code"]),
-                message=result["error_msg"],
-                clip_id=request["id"],
-            ),
-        ]
-
 
 class ClassifyStep:
     """decoded -> results (or error result + dead letter)."""
@@ -226,32 +233,25 @@ class ClassifyStep:
         loop = asyncio.get_running_loop()
         try:
             scores = await loop.run_in_executor(self.executor, self._classify, decoded)
-        except (
-            Exception
-        ) as exc:  # an inference failure must become an error result, not a lost clip
+        except ClipError as exc:
+            code, message = exc.code, f"clip {request['id']}: {exc}"
+        except Exception as exc:  # any inference failure becomes an error result, never a lost clip
             log.exception("clip %s: classification failed at %s", request["id"], origin)
+            code = ErrorCode.INFERENCE_FAILED
+            message = f"clip {request['id']}: classification failed: {type(exc).__name__}: {exc}"
+        else:
+            code, message = ErrorCode.OK, ""
+        if code != ErrorCode.OK:
             timing["classify"] = _ms_since(start)
             result = error_result(
                 request,
-                ErrorCode.INFERENCE_FAILED,
-                f"clip {request['id']}: classification failed: {type(exc).__name__}: {exc}",
+                code,
+                message,
                 started_at=decoded["started_at"],
                 timing=timing,
                 video_done=True,
             )
-            key = request["id"].encode()
-            return [
-                Out(RESULTS_TOPIC, key, self.codec.encode(RESULT, result)),
-                dead_letter(
-                    self.codec,
-                    origin,
-                    value,
-                    stage="classify",
-                    code=ErrorCode.INFERENCE_FAILED,
-                    message=result["error_msg"],
-                    clip_id=request["id"],
-                ),
-            ]
+            return error_outputs(self.codec, request, result, value, origin, "classify")
         timing["classify"] = _ms_since(start)
         result = base_result(request, started_at=decoded["started_at"])
         result["status"] = {"classify": DONE, "video": DONE}

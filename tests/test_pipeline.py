@@ -1,0 +1,106 @@
+"""Pipeline steps without Kafka: message bytes in, messages out (real clips, real decoder)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, default_codec
+from streams.errors import ErrorCode
+from streams.pipeline import DecodeStep, Origin, should_store
+from streams.results import base_result
+from streams.settings import Settings
+from streams.stages.pool import DecodePool
+from tests.kafka_io import clip_request
+
+CLIPS = Path(__file__).parent / "fixtures" / "clips"
+codec = default_codec()
+ORIGIN = Origin("clipguard.requests", 2, 41, b"k")
+
+
+@pytest.fixture
+def settings(tmp_path):
+    media = tmp_path / "media"
+    (media / "uploads").mkdir(parents=True)
+    shutil.copy(CLIPS / "people_h264.mp4", media / "people.mp4")
+    shutil.copy(CLIPS / "people_h264.mov", media / "uploads" / "abc.mov")
+    (media / "junk.mp4").write_bytes(b"\x00junk" * 1000)
+    return Settings(media_roots=(media,), upload_dir=media / "uploads")
+
+
+@pytest.fixture
+async def step(settings):
+    pool = DecodePool(settings)
+    yield DecodeStep(settings, codec, pool)
+    pool.close()
+
+
+def by_topic(outs):
+    return {out.topic: out for out in outs}
+
+
+async def test_a_good_clip_becomes_a_decoded_clip_and_progress(step, settings):
+    request = clip_request((settings.media_roots[0] / "people.mp4").as_uri())
+    outs = by_topic(await step(codec.encode(REQUEST, request), ORIGIN))
+    assert set(outs) == {"decoded", "progress"}
+    decoded = codec.decode(outs["decoded"].value, expect=DECODED)
+    assert outs["decoded"].key == request["id"].encode()
+    assert decoded["request"] == request
+    assert decoded["specs"]["width"] == 568 and decoded["specs"]["height"] == 320
+    assert len(decoded["frames"]) == decoded["specs"]["nframes"] == len(decoded["timestamps"])
+    assert all(frame[:2] == b"\xff\xd8" for frame in decoded["frames"])  # JPEG
+    assert {"fetch", "decode", "encode"} <= set(decoded["timing"])
+    assert len(outs["decoded"].value) < 1_000_000
+    progress = codec.decode(outs["progress"].value, expect=RESULT)
+    assert progress["status"] == {"classify": "pending", "video": "done"}
+
+
+async def test_an_upload_reference_reads_from_the_upload_store(step):
+    request = clip_request("upload://abc.mov")
+    outs = by_topic(await step(codec.encode(REQUEST, request), ORIGIN))
+    assert codec.decode(outs["decoded"].value)["videoname"] == "abc.mov"
+
+
+@pytest.mark.parametrize(
+    ("uri", "code"),
+    [
+        ("junk.mp4", ErrorCode.INVALID_VIDEO),
+        ("missing.mp4", ErrorCode.SOURCE_NOT_FOUND),
+        ("file:///etc/hostname", ErrorCode.SOURCE_FORBIDDEN),
+        ("upload://../people.mp4", ErrorCode.SOURCE_FORBIDDEN),
+        ("gopher://example.org/x", ErrorCode.SOURCE_FORBIDDEN),
+    ],
+)
+async def test_a_bad_clip_becomes_an_error_result_and_a_dead_letter(step, settings, uri, code):
+    if "://" not in uri:
+        uri = (settings.media_roots[0] / uri).as_uri()
+    request = clip_request(uri)
+    value = codec.encode(REQUEST, request)
+    outs = by_topic(await step(value, ORIGIN))
+    assert set(outs) == {"results", "deadletter"}
+    result = codec.decode(outs["results"].value, expect=RESULT)
+    assert result["error_code"] == code
+    assert request["id"] in result["error_msg"]
+    assert result["status"] == {"classify": "error", "video": "error"}
+    letter = codec.decode(outs["deadletter"].value, expect=DEAD_LETTER)
+    assert letter["value"] == value and letter["clip_id"] == request["id"]
+    assert (letter["topic"], letter["partition"], letter["offset"]) == ("clipguard.requests", 2, 41)
+
+
+async def test_a_message_that_is_not_ours_goes_to_dead_letters_untouched(step):
+    outs = await step(b"\x00\x01 definitely not avro", ORIGIN)
+    assert [out.topic for out in outs] == ["deadletter"]
+    letter = codec.decode(outs[0].value, expect=DEAD_LETTER)
+    assert letter["value"] == b"\x00\x01 definitely not avro"
+    assert letter["error_code"] == ErrorCode.MALFORMED_MESSAGE
+    assert "marker" in letter["error_msg"]
+
+
+def test_a_final_result_is_never_replaced_by_progress():
+    request = clip_request("file:///x.mp4")
+    pending = base_result(request, started_at="")
+    done = {**pending, "status": {"classify": "done", "video": "done"}}
+    assert should_store(None, pending)
+    assert should_store(pending, done)
+    assert not should_store(done, pending)
+    assert should_store(done, done)  # a replayed duplicate is harmless
