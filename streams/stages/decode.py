@@ -221,7 +221,7 @@ def _sample(
     nominal_rate = float(stream.average_rate) if stream.average_rate else None
 
     errors: list[av.error.FFmpegError] = []
-    for frame in _decoded_frames(stream, container, errors):
+    for frame in _decoded_frames(stream, container, name, errors):
         stamp = frame.time
         if stamp is None:
             step = 1.0 / nominal_rate if nominal_rate else interval
@@ -287,6 +287,7 @@ def _sample(
 def _decoded_frames(
     stream: av.VideoStream,
     container: av.container.InputContainer,
+    name: str,
     errors: list[av.error.FFmpegError],
 ) -> Iterator[av.VideoFrame]:
     """Every frame of `stream`; FFmpeg errors go to `errors` instead of ending the clip.
@@ -308,6 +309,11 @@ def _decoded_frames(
         except av.error.FFmpegError as exc:
             errors.append(exc)
             continue
+        except ValueError as exc:
+            # PyAV's word for a stream whose header names no codec it has (damaged header).
+            raise ClipError(
+                ErrorCode.UNSUPPORTED_CODEC, f"{name}: no decoder for its video stream ({exc})"
+            ) from exc
         yield from frames
     # The demuxer gave up early: frames still held inside the decoder (frame threads,
     # reordering) were decoded correctly and are worth keeping.

@@ -47,7 +47,7 @@ def _decode_in_child(
         return None, ErrorCode.INTERNAL, f"{videoname or path.name}: decoder bug: {exc!r}"
 
 
-@dataclass
+@dataclass(eq=False)  # identity: each slot is one live process
 class _Slot:
     executor: ProcessPoolExecutor
     pid: int
