@@ -181,6 +181,16 @@ def main(source: Path) -> None:
         name, frames, vrate, Spec(name, (*scene, "text"), "intrusion", "vtest.avi 20-24s + caption")
     )
 
+    # Harder cases: the same camera's low-resolution substream (people 15-25 px tall), and
+    # a native-pixel crop of the parked vans while people walk past them.
+    name = "vtest_lowres_30s.mp4"
+    frames = [resize(f, (240, 180)) for f in window(vtest, vrate, 30)]
+    add(name, frames, vrate, Spec(name, scene, "intrusion", "vtest.avi 30-34s scaled to 240x180"))
+    name = "vtest_vans_15s.mp4"
+    frames = [np.ascontiguousarray(f[0:288, 384:768]) for f in window(vtest, vrate, 15)]
+    src = "vtest.avi 15-19s, crop x384-768 y0-288"
+    add(name, frames, vrate, Spec(name, scene, "intrusion", src))
+
     # Quarter crops (384x288, native pixels) of moments when nobody crosses them: a real
     # empty scene with the real sensor noise and compression of the footage.
     empty = (
