@@ -1,0 +1,281 @@
+"""The model pack on real photos and footage, its manifest checks, and its pure pre/post steps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from streams.errors import ClipError, ConfigError, ErrorCode
+from streams.settings import PROJECT_ROOT
+from streams.stages import models as M
+
+IMAGES = Path(__file__).parent / "fixtures" / "images"
+MODELS_DIR = PROJECT_ROOT / "models"
+
+
+def image(name: str) -> np.ndarray:
+    return np.asarray(Image.open(IMAGES / f"{name}.jpg").convert("RGB"), dtype=np.uint8)
+
+
+def with_timestamp(frame: np.ndarray) -> np.ndarray:
+    """A camera-style burned-in date and time, white on the frame's top-left corner."""
+    picture = Image.fromarray(frame)
+    draw = ImageDraw.Draw(picture)
+    draw.text((10, 8), "2024-03-17 02:41:09", fill=(255, 255, 255), font=ImageFont.load_default(18))
+    return np.asarray(picture)
+
+
+@pytest.fixture(scope="module")
+def pack() -> M.ModelPack:
+    return M.ModelPack.load(MODELS_DIR, threads=2)
+
+
+def labels(evidence: M.FrameEvidence, at_least: float = 0.5) -> set[str]:
+    return {d.label for d in evidence.detections if d.score >= at_least}
+
+
+# ---------------------------------------------------------------- the models on real images
+
+
+def test_pack_identity_comes_from_the_manifest(pack: M.ModelPack) -> None:
+    manifest = json.loads((MODELS_DIR / "manifest.json").read_text())
+    assert (pack.name, pack.version) == (manifest["name"], manifest["version"])
+
+
+def test_detector_finds_the_object_of_each_photo(pack: M.ModelPack) -> None:
+    names = ["astronaut", "chelsea", "motorcycle_left"]
+    astronaut, chelsea, motorcycle = pack.analyse([image(n) for n in names])
+    assert "person" in labels(astronaut)
+    assert "cat" in labels(chelsea)
+    assert "motorcycle" in labels(motorcycle)
+
+
+def test_detector_finds_nothing_on_plain_textures_and_foliage(pack: M.ModelPack) -> None:
+    for evidence in pack.analyse([image("brick"), image("grass"), image("tree_20")]):
+        assert evidence.detections == ()
+
+
+def test_detector_finds_pedestrians_in_surveillance_footage(pack: M.ModelPack) -> None:
+    (frame,) = pack.analyse([image("vtest_240")])
+    people = [d for d in frame.detections if d.label == "person" and d.score >= 0.5]
+    assert len(people) >= 2
+    for detection in people:
+        x0, y0, x1, y1 = detection.box
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+
+
+def test_detections_respect_the_floor_and_come_best_first(pack: M.ModelPack) -> None:
+    for evidence in pack.analyse([image("astronaut"), image("vtest_240")]):
+        scores = [d.score for d in evidence.detections]
+        assert all(s >= M.DETECTION_FLOOR for s in scores)
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_imagenet_sees_a_cat_and_no_spider_in_chelsea(pack: M.ModelPack) -> None:
+    (chelsea,) = pack.analyse([image("chelsea")])
+    assert chelsea.imagenet_top1 in {"tabby", "tiger cat", "Egyptian cat"}
+    assert chelsea.imagenet["top1_prob"] > 0.3
+    assert chelsea.imagenet["spider"] < 0.01
+    assert chelsea.imagenet["spider_web"] < 0.01
+
+
+def test_text_score_fires_on_a_burned_in_timestamp_not_on_foliage(pack: M.ModelPack) -> None:
+    plain, stamped, tree, grass = pack.analyse(
+        [image("vtest_240"), with_timestamp(image("vtest_240")), image("tree_20"), image("grass")]
+    )
+    assert stamped.text >= 0.6
+    assert plain.text < 0.6
+    assert tree.text < 0.6
+    assert grass.text < 0.6
+
+
+def test_batched_frames_give_the_same_evidence_as_single_frames(pack: M.ModelPack) -> None:
+    frames = [
+        image("vtest_240"),
+        with_timestamp(image("vtest_240")),
+    ] * 5  # 10 frames: a batch of 8 and one of 2
+    together = pack.analyse(frames)
+    alone = [pack.analyse([f])[0] for f in frames[:2]]
+    assert len(together) == 10
+    for batched, single in zip(together[:2], alone, strict=True):
+        assert [d.label for d in batched.detections] == [d.label for d in single.detections]
+        assert np.allclose([d.score for d in batched.detections],
+                           [d.score for d in single.detections], atol=1e-4)  # fmt: skip
+        assert batched.text == pytest.approx(single.text, abs=1e-4)
+        assert batched.imagenet["spider"] == pytest.approx(single.imagenet["spider"], abs=1e-4)
+
+
+def test_frames_of_different_sizes_are_analysed_separately(pack: M.ModelPack) -> None:
+    evidence = pack.analyse([image("chelsea"), image("astronaut")])
+    assert "cat" in labels(evidence[0]) and "person" in labels(evidence[1])
+
+
+def test_a_frame_that_is_not_rgb_uint8_is_an_inference_error(pack: M.ModelPack) -> None:
+    with pytest.raises(ClipError) as caught:
+        pack.analyse([np.zeros((320, 480), dtype=np.uint8)])
+    assert caught.value.code == ErrorCode.INFERENCE_FAILED
+    assert "frame 0" in str(caught.value)
+
+
+class FailingSession:
+    def run(self, *args: object) -> None:
+        raise M.ort_state.Fail("simulated kernel failure")
+
+
+def test_an_onnxruntime_failure_is_an_inference_error(pack: M.ModelPack) -> None:
+    broken = M.ModelPack("p", "1", {"detector": FailingSession()}, [])  # type: ignore[dict-item]
+    with pytest.raises(ClipError) as caught:
+        broken.analyse([image("chelsea")])
+    assert caught.value.code == ErrorCode.INFERENCE_FAILED
+    assert "simulated kernel failure" in str(caught.value)
+
+
+# ---------------------------------------------------------------- manifest checks
+
+
+@pytest.fixture
+def pack_copy(tmp_path: Path) -> Path:
+    """A models dir whose files are links to the real ones, and a manifest of its own."""
+    shutil.copy(MODELS_DIR / "manifest.json", tmp_path / "manifest.json")
+    for path in MODELS_DIR.iterdir():
+        if path.suffix in (".onnx", ".txt"):
+            (tmp_path / path.name).symlink_to(path)
+    return tmp_path
+
+
+def test_a_file_that_does_not_match_its_checksum_is_refused(pack_copy: Path) -> None:
+    labels_file = pack_copy / "imagenet_labels.txt"
+    text = labels_file.read_text()
+    labels_file.unlink()
+    labels_file.write_text(text.replace("tabby", "tabby cat"))
+    with pytest.raises(
+        ConfigError, match=r"imagenet_labels\.txt has sha256 [0-9a-f]{64}, manifest"
+    ):
+        M.ModelPack.load(pack_copy, threads=1)
+
+
+def test_a_model_file_onnxruntime_cannot_read_is_refused(pack_copy: Path) -> None:
+    model = pack_copy / "ppocrv4_det.onnx"
+    model.unlink()
+    model.write_bytes(b"not an onnx model")
+    manifest = json.loads((pack_copy / "manifest.json").read_text())
+    manifest["models"]["text"]["sha256"] = M.sha256_of(model)
+    (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"text file .*ppocrv4_det\.onnx cannot be loaded"):
+        M.ModelPack.load(pack_copy, threads=1)
+
+
+def test_a_missing_model_file_is_named(pack_copy: Path) -> None:
+    (pack_copy / "ppocrv4_det.onnx").unlink()
+    with pytest.raises(ConfigError, match=r"text file .*ppocrv4_det\.onnx is missing"):
+        M.ModelPack.load(pack_copy, threads=1)
+
+
+def test_a_missing_manifest_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"manifest\.json not found"):
+        M.ModelPack.load(tmp_path, threads=1)
+
+
+def test_a_manifest_without_a_model_role_is_refused(pack_copy: Path) -> None:
+    manifest = json.loads((pack_copy / "manifest.json").read_text())
+    del manifest["models"]["text"]
+    (pack_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match=r"lacks .*\['text'\]"):
+        M.ModelPack.load(pack_copy, threads=1)
+
+
+def test_committed_files_match_the_manifest() -> None:
+    manifest = json.loads((MODELS_DIR / "manifest.json").read_text())
+    for role, entry in manifest["models"].items():
+        assert M.sha256_of(MODELS_DIR / entry["file"]) == entry["sha256"], role
+
+
+# ---------------------------------------------------------------- pure pre/post-processing
+
+
+def test_detector_input_is_the_raw_frames_stacked() -> None:
+    frames = [np.full((320, 568, 3), i, dtype=np.uint8) for i in range(3)]
+    batch = M.preprocess_detector(frames)
+    assert batch.shape == (3, 320, 568, 3) and batch.dtype == np.uint8
+    assert batch[2, 0, 0, 0] == 2
+
+
+def test_imagenet_input_is_280_square_uint8() -> None:
+    batch = M.preprocess_imagenet([np.zeros((320, 568, 3), dtype=np.uint8)] * 2)
+    assert batch.shape == (2, 280, 280, 3) and batch.dtype == np.uint8
+
+
+def test_text_input_is_bgr_nchw_in_minus_one_to_one_with_sides_of_32() -> None:
+    red = np.zeros((320, 569, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    batch = M.preprocess_text([red])
+    assert batch.shape == (1, 3, 320, 576) and batch.dtype == np.float32
+    assert np.allclose(batch[0, 2], 1.0) and np.allclose(batch[0, 0], -1.0)
+    assert np.allclose(batch[0, 1], -1.0)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "expected"),
+    [(320, 569, (320, 576)), (300, 410, (288, 416)), (10, 10, (32, 32))],
+)
+def test_text_input_sides_are_multiples_of_32(
+    height: int, width: int, expected: tuple[int, int]
+) -> None:
+    assert M.text_input_size(height, width) == expected
+
+
+def test_postprocess_detector_converts_boxes_names_and_drops_unknown_ids() -> None:
+    boxes = np.array([[[0.1, 0.2, 0.5, 0.6], [0, 0, 1, 1], [0, 0, 1, 1]]], dtype=np.float32)
+    scores = np.array([[0.9, 0.8, 0.2]], dtype=np.float32)
+    classes = np.array([[1.0, 12.0, 3.0]], dtype=np.float32)  # 12 is an unused COCO-91 slot
+    (found,) = M.postprocess_detector(boxes, scores, classes, np.array([3.0], dtype=np.float32))
+    assert found == (
+        M.Detection("person", pytest.approx(0.9), pytest.approx((0.2, 0.1, 0.6, 0.5))),
+    )
+
+
+def test_coco91_table_has_the_80_coco_classes() -> None:
+    assert len(M.COCO91) == 80
+    assert (M.COCO91[1], M.COCO91[3], M.COCO91[8], M.COCO91[17]) == (
+        "person",
+        "car",
+        "truck",
+        "cat",
+    )
+
+
+def test_text_line_score_keeps_line_shaped_regions_only() -> None:
+    line = np.zeros((320, 576), dtype=np.float32)
+    line[20:36, 10:250] = 0.9
+    assert M.text_line_score(line) == pytest.approx(0.9)
+    square = np.zeros((320, 576), dtype=np.float32)
+    square[50:150, 50:150] = 0.9  # a large blob (a leaf cluster, a wall patch) is no text line
+    assert M.text_line_score(square) == 0.0
+    speckle = (np.random.default_rng(0).random((320, 576)) > 0.9).astype(np.float32)
+    assert M.text_line_score(speckle) == 0.0
+    faint = line * 0.5  # above the pixel threshold, below the region threshold
+    assert M.text_line_score(faint) == 0.0
+
+
+def test_batches_group_consecutive_frames_of_one_shape() -> None:
+    a = np.zeros((320, 480, 3), dtype=np.uint8)
+    b = np.zeros((320, 568, 3), dtype=np.uint8)
+    sizes = [len(group) for group in M.batches([a] * 10 + [b] + [a], size=8)]
+    assert sizes == [8, 2, 1, 1]
+
+
+def test_imagenet_evidence_sums_the_spider_classes() -> None:
+    probs = np.zeros((1, 1000), dtype=np.float32)
+    probs[0, [70, 72, 77]] = 0.2
+    probs[0, 71] = 0.1  # scorpion: not a spider
+    probs[0, 815] = 0.3
+    names = [f"class {i}, synonym" for i in range(1000)]
+    ((scores, top1),) = M.imagenet_evidence(probs, names)
+    assert scores["spider"] == pytest.approx(0.6)
+    assert scores["spider_web"] == pytest.approx(0.3)
+    assert top1 == "class 815"
