@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:  # `python eval/run_eval.py` as well as `python -m
     sys.path.insert(0, str(ROOT))
 
 from streams.settings import Settings  # noqa: E402
-from streams.stages.classify import ClipScores, classify  # noqa: E402
+from streams.stages.classify import MODEL_BACKED, ClipScores, classify  # noqa: E402
 from streams.stages.decode import decode  # noqa: E402
 from streams.stages.policy import LABELS, RISKS, Policy, load_policies  # noqa: E402
 
@@ -169,8 +169,6 @@ def format_report(rep: dict[str, Any], model: str) -> str:
     lines.append(
         f"{'label':10s} {'pos':>4s} {'neg':>4s} {'prec':>6s} {'recall':>6s} {'AUC':>6s}  kind"
     )
-    from streams.stages.classify import MODEL_BACKED
-
     for m in rep["labels"]:
         kind = "model" if m["label"] in MODEL_BACKED else "heuristic"
         lines.append(
