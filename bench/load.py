@@ -168,6 +168,8 @@ def outcome(sent: dict[bytes, float], arrived: dict[bytes, Arrival]) -> dict[str
     """Latencies (ms), throughput and failures of one batch of requests."""
     got = {k: arrived[k] for k in sent if k in arrived}
     latencies = [(got[k].at - sent[k]) * 1000.0 for k in got]
+    # Time outside the worker's own stages: Kafka hops, Avro, Faust, waiting in a queue.
+    outside = [(got[k].at - sent[k]) * 1000.0 - got[k].timing.get("total", 0.0) for k in got]
     first = min(sent.values())
     last = max((a.at for a in got.values()), default=float("nan"))
     stage_ms: dict[str, list[float]] = {}
@@ -183,6 +185,7 @@ def outcome(sent: dict[bytes, float], arrived: dict[bytes, Arrival]) -> dict[str
         "span_s": last - first,
         "clips_per_s": len(got) / (last - first) if got and last > first else float("nan"),
         "latencies_ms": latencies,
+        "outside_stages_ms": outside,
         "worker_stage_ms": stage_ms,
     }
 
@@ -202,6 +205,7 @@ async def sync_clients(
     """`clients` concurrent callers, each sending `requests_each` sync classify calls in turn."""
     data = clip.read_bytes()
     latencies: list[float] = []
+    stage_totals: list[float] = []  # the worker's own fetch+decode+encode+classify ms
     failures: list[str] = []
     url = f"{base_url}/api/classify?sync=true"
     headers = {"Authorization": f"Bearer {key}"}
@@ -217,6 +221,7 @@ async def sync_clients(
                     elapsed = (time.monotonic() - start) * 1000.0
                     if response.status == 200 and body.get("status", {}).get("classify") == "done":
                         latencies.append(elapsed)
+                        stage_totals.append(float(body.get("duration", 0)) / 1000.0)
                     else:
                         failures.append(f"HTTP {response.status}: {str(body)[:200]}")
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -233,6 +238,7 @@ async def sync_clients(
         "clients": clients,
         "requests": clients * requests_each,
         "latencies_ms": latencies,
+        "stage_total_ms": stage_totals,
         "failures": failures[:5],
         "failure_count": len(failures),
         "wall_s": wall,

@@ -135,6 +135,11 @@ def kafka_version() -> str:
     return text[start + len("<kafka.version>") : end] if 0 <= start < end else "unknown"
 
 
+def load_average() -> float:
+    """The 1-minute load average: other work on the machine skews every number here."""
+    return round(os.getloadavg()[0], 2)
+
+
 def machine_info() -> dict[str, object]:
     versions = {"python": platform.python_version(), "kafka": kafka_version()}
     for name in PACKAGES:
@@ -150,5 +155,6 @@ def machine_info() -> dict[str, object]:
         "kernel": platform.release(),
         "hostname": platform.node(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "load_average_at_start": load_average(),
         "versions": versions,
     }

@@ -31,7 +31,7 @@ from typing import Any
 from bench import limit as limit_mod
 from bench.cluster import WorkerProcess, create_topics, free_ports, wait_ready, worker_env
 from bench.load import Requester, ResultWatcher, outcome, sync_clients
-from bench.procs import cpu_seconds, machine_info, tree_cpu_seconds, tree_memory
+from bench.procs import cpu_seconds, load_average, machine_info, tree_cpu_seconds, tree_memory
 from bench.progress import Progress, note
 from bench.stats import (
     latency_row,
@@ -52,6 +52,8 @@ REFERENCE_CLIP = FIXTURE_CLIPS / "people_h264.mp4"
 QUICK_CLIPS = ("people_h264.mp4", "people_h265.mkv", "tree_h264.mp4", "vtest_scene_00s.mp4")
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".avi", ".webm"}
 LOAD_FRACTIONS = (0.25, 0.5, 0.9)
+# A load average above this before or after the run means something else used the CPUs.
+BUSY_LOAD = 0.5
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,8 @@ async def pipeline_phases(
 
 
 def _brief(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k not in ("latencies_ms", "worker_stage_ms")}
+    dropped = ("latencies_ms", "outside_stages_ms", "worker_stage_ms")
+    return {k: v for k, v in result.items() if k not in dropped}
 
 
 # ---------------------------------------------------------------- the report
@@ -325,6 +328,12 @@ def render(report: Mapping[str, Any]) -> str:
         + ", ".join(f"{k} {val}" for k, val in v.items())
         + f"\nclips: {report['clips']['count']} ({report['clips']['names_short']})"
     )
+    busy = max(m["load_average_at_start"], m.get("load_average_at_end", 0.0))
+    if busy > BUSY_LOAD:
+        out.append(
+            f"WARNING: the machine was busy (1-min load average up to {busy:.1f} on "
+            f"{m['usable_cores']} cores): other processes shared the CPUs, numbers are skewed"
+        )
     lim = report.get("limit")
     limit_cps = lim["clips_per_s"] if lim else math.nan
     if lim:
@@ -430,7 +439,7 @@ def render(report: Mapping[str, Any]) -> str:
             latency_row(
                 f"{run['fraction']:.0%} of limit ({run['offered_per_s']:.2f}/s)",
                 summarize(run["latencies_ms"]),
-                [run["missing"], run["error_count"]],
+                [summarize(run["outside_stages_ms"])["p50"], run["missing"], run["error_count"]],
             )
             for run in pipe["loads"]
         ]
@@ -442,6 +451,7 @@ def render(report: Mapping[str, Any]) -> str:
                     "p50 ms",
                     "p95 ms",
                     "p99 ms",
+                    "outside stages p50 ms",
                     "missing",
                     "errors",
                 ],
@@ -452,18 +462,21 @@ def render(report: Mapping[str, Any]) -> str:
     if report.get("api"):
         ref = lim["reference_ms_p50"] if lim else math.nan
         out.append(f"\n3. Sync API: POST /api/classify?sync=true with {REFERENCE_CLIP.name}")
-        rows = [
-            latency_row(
-                f"{run['clients']} client(s)",
-                summarize(run["latencies_ms"]),
-                [
-                    run["clips_per_s"],
-                    summarize(run["latencies_ms"])["p50"] - ref,
-                    run["failure_count"],
-                ],
-            )
-            for run in report["api"]
-        ]
+        rows = []
+        for run in report["api"]:
+            lat = summarize(run["latencies_ms"])
+            # Time spent outside the worker's own stages: HTTP, Kafka hops, Avro, waiting.
+            outside = [
+                total - stages
+                for total, stages in zip(run["latencies_ms"], run["stage_total_ms"], strict=True)
+            ]
+            extra = [
+                f"{run['clips_per_s']:.2f}",
+                lat["p50"] - ref,
+                summarize(outside)["p50"],
+                run["failure_count"],
+            ]
+            rows.append(latency_row(f"{run['clients']} client(s)", lat, extra))
         out.append(
             table(
                 [
@@ -474,6 +487,7 @@ def render(report: Mapping[str, Any]) -> str:
                     "p99 ms",
                     "clips/s",
                     "p50 - in-process ms",
+                    "outside stages p50 ms",
                     "failures",
                 ],
                 rows,
@@ -649,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc(file=sys.stderr)
     finally:
         report["elapsed_s"] = round(time.monotonic() - started, 1)
+        report["machine"]["load_average_at_end"] = load_average()
         path = write_json(report, args.out)
         if failed or args.keep:
             note(f"logs and data kept in {workdir}")
