@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
@@ -48,8 +49,10 @@ def _worker(settings: Settings) -> int:
     import faust
 
     from streams.app import create_app
+    from streams.topics import ensure_topics
 
     logging.basicConfig(level=logging.INFO)
+    asyncio.run(ensure_topics(settings))
     app = create_app(settings)
     worker = faust.Worker(app, loglevel="INFO")
     worker.execute_from_commandline()
