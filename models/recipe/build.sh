@@ -3,7 +3,8 @@
 #
 #   models/recipe/build.sh           download, convert, write models/*.onnx, stamp manifest.json
 #   models/recipe/build.sh --check   verify the committed files' sha256 against manifest.json,
-#                                    rebuild into a temp dir and check it computes the same outputs
+#                                    rebuild into a temp dir and check it computes the same outputs,
+#                                    and compare the pack with the original TF/TFLite models
 #
 # Build tools (tensorflow-cpu, tf2onnx) live in models/.build/venv, never in the app's venv.
 # tensorflow needs Python <= 3.12: set PYTHON to such an interpreter if the default is wrong.
@@ -22,7 +23,7 @@ OPENPIBO_SHA=9bdeb1f947bfa80d18f7e88b0e3271a98c271f9a6b6f9c9d60458e2b3991a5f3
 RAPIDOCR="rapidocr-onnxruntime==1.4.4"
 RAPIDOCR_SHA=971d7d5f223a7a808662229df1ef69893809d8457d834e6373d3854bc1782cbf
 TOOLS=(tensorflow-cpu==2.21.0 tf2onnx==1.17.0 onnx==1.23.2 onnxruntime==1.32.0
-       numpy==2.5.5 protobuf==7.36.2)
+       numpy==2.5.5 protobuf==7.36.2 scikit-image==0.26.0)
 
 mkdir -p "$BUILD/wheels" "$BUILD/src"
 if [[ ! -x "$VENV/bin/python" ]]; then
@@ -72,6 +73,8 @@ if [[ "$MODE" == "--check" ]]; then
     cp "$MODELS/manifest.json" "$OUT/"
     echo "== rebuilt pack against the committed one"
     "$VENV/bin/python" "$RECIPE/pack.py" compare "$MODELS" "$OUT"
+    echo "== committed pack against the original TensorFlow / TFLite models"
+    (cd "$RECIPE" && "$VENV/bin/python" against_originals.py "$MODELS" "$PIBO" 2>/dev/null)
 else
     "$VENV/bin/python" "$RECIPE/pack.py" stamp "$MODELS"
     "$VENV/bin/python" "$RECIPE/pack.py" verify "$MODELS"
