@@ -250,16 +250,19 @@ def test_coco91_table_has_the_80_coco_classes() -> None:
 
 
 def test_text_line_score_keeps_line_shaped_regions_only() -> None:
-    line = np.zeros((320, 576), dtype=np.float32)
-    line[20:36, 10:250] = 0.9
-    assert M.text_line_score(line) == pytest.approx(0.9)
-    square = np.zeros((320, 576), dtype=np.float32)
-    square[50:150, 50:150] = 0.9  # a large blob (a leaf cluster, a wall patch) is no text line
-    assert M.text_line_score(square) == 0.0
+    def score(rows: slice, cols: slice, value: float = 0.9) -> float:
+        prob_map = np.zeros((320, 576), dtype=np.float32)
+        prob_map[rows, cols] = value
+        return M.text_line_score(prob_map)
+
+    assert score(slice(20, 26), slice(10, 40)) == pytest.approx(0.9)  # a 10 px font timestamp
+    assert score(slice(20, 36), slice(10, 250)) == pytest.approx(0.9)  # a long caption
+    assert score(slice(50, 150), slice(50, 150)) == 0.0  # a blob: leaves, a wall patch
+    assert score(slice(20, 28), slice(10, 34)) == 0.0  # an eye-sized region (8x24)
+    assert score(slice(20, 24), slice(10, 60)) == 0.0  # too thin: a window frame edge
+    assert score(slice(20, 26), slice(10, 40), value=0.45) == 0.0  # above pixel, below region
     speckle = (np.random.default_rng(0).random((320, 576)) > 0.9).astype(np.float32)
     assert M.text_line_score(speckle) == 0.0
-    faint = line * 0.5  # above the pixel threshold, below the region threshold
-    assert M.text_line_score(faint) == 0.0
 
 
 def test_batches_group_consecutive_frames_of_one_shape() -> None:

@@ -52,6 +52,13 @@ IMAGENET_SPIDER_WEB = (815,)
 # DB post-processing constants as PaddleOCR ships them (det_db_thresh, det_db_box_thresh).
 TEXT_PIXEL_THRESHOLD = 0.3
 TEXT_BOX_THRESHOLD = 0.6
+# Heuristic line-shape limits, in pixels of the map (= of the frame at analysis height 320).
+# A 10 px timestamp font gives regions 6 px high and 28-38 px wide (date and time apart);
+# what else scored 0.8-0.96: window panes in vtest.avi (4x12), a shirt print (14x22), eyes
+# in Megamind.avi (6x16, 8x24, 8x26). Width >= 28 px asks for about four characters.
+TEXT_MIN_HEIGHT = 5
+TEXT_MIN_WIDTH = 28
+TEXT_MIN_ASPECT = 2.5
 
 # onnxruntime's exception classes derive from Exception directly, with no common base.
 ORT_ERRORS: tuple[type[Exception], ...] = (
@@ -201,12 +208,13 @@ def preprocess_text(frames: Sequence[Frame]) -> FloatArray:
 def text_line_score(prob_map: FloatArray) -> float:
     """Heuristic: how sure we are that the frame shows a line of text, 0..1.
 
-    The DB map also lights up on foliage, fences and textured walls. Printed text (an
-    on-screen timestamp, a sign, a number plate) forms compact, horizontal, well-filled
-    regions, so only regions with that shape count: wider than 1.5x their height, 4 px to a
-    quarter of the frame high, filling at least half of their bounding box, with a mean
-    probability of at least TEXT_BOX_THRESHOLD. The score is the best such region's mean
-    probability; 0 when none passes.
+    The DB map also lights up on foliage, fences, window panes and textured walls. Printed
+    text (an on-screen timestamp, a sign, a number plate) forms compact, horizontal,
+    well-filled regions, so only regions with that shape count: at least TEXT_MIN_HEIGHT px
+    high and at most a quarter of the frame, at least TEXT_MIN_WIDTH px (about four
+    characters) and TEXT_MIN_ASPECT times their height wide, filling at least half of their bounding box, with
+    a mean probability of at least TEXT_BOX_THRESHOLD. The score is the best such region's
+    mean probability; 0 when none passes.
     """
     binary = prob_map > TEXT_PIXEL_THRESHOLD
     labelled, count = ndimage.label(binary)
@@ -221,7 +229,11 @@ def text_line_score(prob_map: FloatArray) -> float:
         width = region[1].stop - region[1].start
         mask = labelled[region] == index
         fill = float(mask.mean())
-        if not (4 <= height <= frame_height / 4 and width >= 1.5 * height and fill >= 0.5):
+        if not (
+            TEXT_MIN_HEIGHT <= height <= frame_height / 4
+            and width >= max(TEXT_MIN_WIDTH, TEXT_MIN_ASPECT * height)
+            and fill >= 0.5
+        ):
             continue
         mean_prob = float(prob_map[region][mask].mean())
         if mean_prob >= TEXT_BOX_THRESHOLD:
