@@ -39,9 +39,12 @@ REMOTE_POLL_S = 0.1
 
 
 class ClipService(Protocol):
-    settings: Settings
-    codec: AvroCodec
-    http: Any
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def codec(self) -> AvroCodec: ...
+    @property
+    def http(self) -> Any: ...  # an aiohttp ClientSession, to reach other workers
 
     async def submit(self, request: Record, pending: Record) -> None: ...
     def owner_url(self, clip_id: str) -> str | None: ...
@@ -95,7 +98,7 @@ async def ready(request: web.Request) -> web.Response:
     return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
 
-async def openapi(request: web.Request) -> web.Response:
+async def openapi(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(Path(__file__).parent / "openapi.yaml")
 
 

@@ -16,11 +16,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import faust
 
-from streams.codec import RESULT, AvroCodec, Record, default_codec
+from api.views import install
+from streams.codec import REQUEST, RESULT, AvroCodec, Record, default_codec
+from streams.errors import CodecError, ErrorCode
 from streams.pipeline import (
     DEAD_LETTER_TOPIC,
     DECODED_TOPIC,
@@ -30,10 +32,15 @@ from streams.pipeline import (
     DecodeStep,
     Origin,
     Out,
+    dead_letter,
     should_store,
 )
 from streams.results import is_final
 from streams.settings import Settings
+from streams.stages.models import ModelPack
+from streams.stages.policy import load_policies
+from streams.stages.pool import DecodePool
+from streams.topics import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +106,10 @@ def create_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         web_enabled=True,
         table_standby_replicas=0,
+        # A decoded clip of max_frames JPEG frames can pass Kafka's default 1 MB.
+        producer_max_request_size=MAX_MESSAGE_BYTES,
     )
-    raw = {
-        "key_type": bytes,
-        "value_type": bytes,
-        "key_serializer": "raw",
-        "value_serializer": "raw",
-    }
-    topics = {
-        name: app.topic(
-            settings.topic(name),
-            partitions=settings.partitions,
-            replicas=settings.replication_factor,
-            **raw,
-        )
-        for name in TOPIC_NAMES
-    }
+    topics = {name: _raw_topic(app, settings, settings.topic(name)) for name in TOPIC_NAMES}
     table = app.Table(
         RESULT_TABLE,
         partitions=settings.partitions,
@@ -129,22 +124,29 @@ def create_app(settings: Settings) -> faust.App:
     app.clipguard = runtime  # type: ignore[attr-defined]
     _add_lifecycle(app, runtime)
     _add_agents(app, runtime)
-    from api.views import install
-
-    install(app.web.web_app, FaustClipService(runtime), settings)
+    web_app = cast(Any, app.web).web_app  # the aiohttp Application inside Faust's web driver
+    install(web_app, FaustClipService(runtime), settings)
     return app
+
+
+def _raw_topic(app: faust.App, settings: Settings, *names: str) -> faust.TopicT:
+    return app.topic(
+        *names,
+        partitions=settings.partitions,
+        replicas=settings.replication_factor,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
 
 
 def _add_lifecycle(app: faust.App, runtime: Runtime) -> None:
     inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipguard-infer")
     pools: list[Any] = []
 
-    @app.task(on_leader=False)
+    @app.task(on_leader=False)  # type: ignore[untyped-decorator]
     async def _start_stages() -> None:
-        from streams.stages.models import ModelPack
-        from streams.stages.policy import load_policies
-        from streams.stages.pool import DecodePool
-
         settings = runtime.settings
         pool = DecodePool(settings)
         pools.append(pool)
@@ -158,7 +160,7 @@ def _add_lifecycle(app: faust.App, runtime: Runtime) -> None:
         runtime.model_loaded = True
         log.info("model pack %s %s loaded", pack.name, pack.version)
 
-    @app.on_before_shutdown.connect
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
     def _shutdown(app: faust.App, **kwargs: Any) -> None:
         for pool in pools:
             pool.close()
@@ -171,7 +173,7 @@ async def _wait_for(ready: Callable[[], Any]) -> Any:
     return value
 
 
-def _origin(event: faust.EventT) -> Origin:
+def _origin(event: faust.EventT[bytes]) -> Origin:
     message = event.message
     return Origin(message.topic, message.partition, message.offset, message.key)
 
@@ -180,7 +182,7 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
     topics = runtime.topics
 
     async def run_step(
-        stream: faust.StreamT,
+        stream: faust.StreamT[bytes],
         step_of: Callable[[], Callable[[bytes, Origin], Awaitable[list[Out]]] | None],
     ) -> AsyncIterator[None]:
         step = await _wait_for(step_of)
@@ -190,9 +192,6 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
                 outs = await step(event.value, origin)
             except Exception:  # a bug of ours: keep the worker alive, keep the message
                 log.exception("unexpected failure at %s; message sent to dead letters", origin)
-                from streams.errors import ErrorCode
-                from streams.pipeline import dead_letter
-
                 outs = [
                     dead_letter(
                         runtime.codec,
@@ -212,52 +211,45 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
         concurrency=max(1, runtime.settings.decode_workers),
         name="clipguard.decode",
     )
-    async def decode_agent(stream: faust.StreamT) -> AsyncIterator[None]:
+    async def decode_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for _ in run_step(stream, lambda: runtime.decode_step):
             yield None
 
     @app.agent(topics[DECODED_TOPIC], concurrency=1, name="clipguard.classify")
-    async def classify_agent(stream: faust.StreamT) -> AsyncIterator[None]:
+    async def classify_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for _ in run_step(stream, lambda: runtime.classify_step):
             yield None
 
     expiry: dict[int, collections.deque[tuple[float, bytes]]] = collections.defaultdict(
         collections.deque
     )
-    results_and_progress = app.topic(
+    results_and_progress = _raw_topic(
+        app,
+        runtime.settings,
         runtime.settings.topic(RESULTS_TOPIC),
         runtime.settings.topic(PROGRESS_TOPIC),
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
     )
 
     # The only writer of the result table (Faust allows table writes from one agent instance).
     @app.agent(results_and_progress, concurrency=1, name="clipguard.results")
-    async def results_agent(stream: faust.StreamT) -> AsyncIterator[None]:
+    async def results_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         table = runtime.table
         async for event in stream.events():
             key, value = event.key, event.value
             try:
                 incoming = runtime.codec.decode(value, expect=RESULT)
-            except Exception as exc:
+            except CodecError as exc:
                 log.warning("malformed result at %s: %s", _origin(event), exc)
-                from streams.pipeline import dead_letter
-
-                await runtime.send(
-                    [
-                        dead_letter(
-                            runtime.codec,
-                            _origin(event),
-                            value,
-                            stage="results",
-                            code=exc.code if hasattr(exc, "code") else 401,  # type: ignore[arg-type]
-                            message=str(exc),
-                            clip_id=None,
-                        )
-                    ]
+                letter = dead_letter(
+                    runtime.codec,
+                    _origin(event),
+                    value,
+                    stage="results",
+                    code=exc.code,
+                    message=str(exc),
+                    clip_id=None,
                 )
+                await runtime.send([letter])
                 continue
             current = table.get(key)
             current_record = None if current is None else runtime.codec.decode(current)
@@ -298,8 +290,6 @@ class FaustClipService:
 
     async def submit(self, request: Record, pending: Record) -> None:
         key = request["id"].encode()
-        from streams.codec import REQUEST
-
         await self.runtime.topics[PROGRESS_TOPIC].send(
             key=key, value=self.codec.encode(RESULT, pending)
         )
@@ -333,7 +323,7 @@ class FaustClipService:
     def readiness(self) -> dict[str, bool]:
         app = self.runtime.app
         consumer_ready = bool(app.consumer and app.consumer.assignment())
-        recovered = bool(app.tables and app.tables.recovery.completed.is_set())
+        recovered = bool(app.tables and cast(Any, app.tables).recovery.completed.is_set())
         return {
             "broker": consumer_ready,
             "table_recovered": recovered,

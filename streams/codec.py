@@ -45,7 +45,7 @@ def load_schemas(directory: Path = SCHEMA_DIR) -> dict[str, Schema]:
     schemas = {}
     for path in sorted(directory.glob("*.avsc")):
         try:
-            parsed = fastavro.schema.load_schema(path, _write_hint=False)
+            parsed = fastavro.schema.load_schema(str(path), _write_hint=False)
         except Exception as exc:  # fastavro raises several unrelated types here
             raise CodecError(f"schema {path.name} does not parse: {exc}") from exc
         canonical = fastavro.schema.to_parsing_canonical_form(parsed)
@@ -107,12 +107,14 @@ class AvroCodec:
             raise CodecError(f"expected a {expect} message, got a {schema.name}")
         body = io.BytesIO(memoryview(data)[start:])
         try:
-            record: Record = fastavro.schemaless_reader(body, schema.parsed, None)
+            record = fastavro.schemaless_reader(body, schema.parsed, None)
         except Exception as exc:  # EOFError, struct errors, UnicodeDecodeError...
             raise CodecError(f"{schema.name} body does not decode: {exc}") from exc
         left = len(data) - start - body.tell()
         if left:
             raise CodecError(f"{schema.name} body has {left} bytes left over after the record")
+        if not isinstance(record, dict):
+            raise CodecError(f"{schema.name} is not a record schema")
         return record
 
 

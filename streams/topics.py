@@ -18,13 +18,19 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 3600 * 1000
+# Decoded clips carry JPEG frames (~33 KB each at 568x320): max_frames=120 is ~4 MB. Dead letters
+# carry the original message, so they get room for the largest decoded clip and its envelope.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 # Per-topic configs; retention follows what each topic is for.
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     "requests": {"retention.ms": str(7 * DAY_MS)},
-    "decoded": {"retention.ms": str(1 * DAY_MS), "max.message.bytes": str(2 * 1024 * 1024)},
+    "decoded": {"retention.ms": str(1 * DAY_MS), "max.message.bytes": str(MAX_MESSAGE_BYTES)},
     "progress": {"retention.ms": str(1 * DAY_MS)},
     "results": {"retention.ms": str(7 * DAY_MS)},
-    "deadletter": {"retention.ms": str(30 * DAY_MS), "max.message.bytes": str(4 * 1024 * 1024)},
+    "deadletter": {
+        "retention.ms": str(30 * DAY_MS),
+        "max.message.bytes": str(MAX_MESSAGE_BYTES + 64 * 1024),
+    },
 }
 
 
