@@ -138,28 +138,3 @@ def wait_ready(workers: list[WorkerProcess], timeout_s: float) -> float:
         time.sleep(0.5)
     tails = "\n\n".join(f"{w.url}:\n{w.log_tail()}" for w in workers)
     raise RuntimeError(f"workers not ready after {timeout_s:.0f} s:\n{tails}")
-
-
-async def create_topics(bootstrap: str, settings_prefix: str, partitions: int) -> list[str]:
-    """Create the pipeline's topics (the broker refuses auto-creation) if they are missing.
-
-    Faust declares only its internal topics (changelogs, the assignor's); the topics the
-    agents read must exist before a worker subscribes, or it ignores them until a rebalance.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    from streams.app import TOPIC_NAMES
-
-    names = [f"{settings_prefix}.{name}" for name in TOPIC_NAMES]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [n for n in names if n not in existing]
-        if missing:
-            await admin.create_topics(
-                [NewTopic(n, partitions, replication_factor=1) for n in missing]
-            )
-    finally:
-        await admin.close()
-    return missing

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import limit as limit_mod
-from bench.cluster import WorkerProcess, create_topics, free_ports, wait_ready, worker_env
+from bench.cluster import WorkerProcess, free_ports, wait_ready, worker_env
 from bench.load import Requester, ResultWatcher, outcome, sync_clients
 from bench.procs import cpu_seconds, load_average, machine_info, tree_cpu_seconds, tree_memory
 from bench.progress import Progress, note
@@ -216,9 +216,6 @@ async def pipeline_phases(
         note("starting the Kafka broker")
         await asyncio.to_thread(deployment.start_broker)
         api_key = add_key(workdir / "keys.json", "bench")
-        pipeline["topics_created_by_bench"] = await create_topics(
-            deployment.bootstrap, deployment.prefix, Settings().partitions
-        )
         w1 = await deployment.add_worker()
         topic = f"{deployment.prefix}.requests"
         watcher = ResultWatcher(deployment.bootstrap, f"{deployment.prefix}.results")

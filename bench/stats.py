@@ -62,11 +62,11 @@ class Verdict:
 def throughput_verdict(pipeline_cps: float, limit_cps: float) -> Verdict:
     value = ratio(pipeline_cps, limit_cps)
     met = None if math.isnan(value) else value >= THROUGHPUT_TARGET_RATIO
-    shortfall = "" if met is not False else f" ({THROUGHPUT_TARGET_RATIO - value:.2f} short)"
+    shortfall = "" if met is not False else f" ({THROUGHPUT_TARGET_RATIO - value:.3f} short)"
     return Verdict(
         "pipeline throughput / in-process limit",
         f">= {THROUGHPUT_TARGET_RATIO:.1f}x",
-        "-" if met is None else f"{value:.2f}x{shortfall}",
+        "-" if met is None else f"{value:.3f}x{shortfall}",
         met,
     )
 

@@ -34,7 +34,7 @@ def test_throughput_verdict_says_by_how_much_a_target_is_missed():
     assert throughput_verdict(0.95, 1.0).met is True
     missed = throughput_verdict(0.8, 1.0)
     assert missed.met is False
-    assert missed.measured == "0.80x (0.10 short)"
+    assert missed.measured == "0.800x (0.100 short)"
     assert throughput_verdict(1.0, math.nan).mark == "n/a"
 
 
