@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import BodyPartReader, ClientError, ClientTimeout, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from api.auth import ApiKeys
 from streams.codec import AvroCodec, Record
@@ -144,10 +145,20 @@ async def classify(request: web.Request) -> web.Response:
     settings = service.settings
     if request.content_length is not None and request.content_length > settings.max_upload_bytes:
         return error(413, "too_large", f"body over the limit of {settings.max_upload_bytes} bytes")
+    unknown = set(request.query) - {"sync"}
+    if unknown:
+        return error(400, "invalid", "unknown query parameter", field=sorted(unknown)[0])
+    sync = request.query.get("sync", "false")
+    if sync not in ("true", "false"):
+        return error(400, "invalid", "sync must be true or false", field="sync")
+    sync_wanted = sync == "true"
     clip_id = new_clip_id()
     try:
         if request.content_type == "multipart/form-data":
-            fields, uri = await _read_multipart(request, settings, clip_id)
+            try:
+                fields, uri = await _read_multipart(request, settings, clip_id)
+            except (ValueError, HttpProcessingError) as exc:  # aiohttp: a malformed body
+                raise BadRequest("body", f"malformed multipart body: {exc}") from exc
         elif request.content_type == "application/json":
             fields, uri = await _read_json(request)
         else:
@@ -164,7 +175,7 @@ async def classify(request: web.Request) -> web.Response:
     pending = base_result(clip, started_at="")
     await service.submit(clip, pending)
     poll = f"/api/result/{clip_id}"
-    if request.query.get("sync", "").lower() not in ("1", "true", "yes"):
+    if not sync_wanted:
         return web.json_response(
             {"id": clip_id, "status": pending["status"], "poll": poll}, status=202
         )
@@ -240,6 +251,12 @@ async def _read_json(request: web.Request) -> tuple[dict[str, Any], str]:
         raise BadRequest("video_url", "required: an http://, https:// or file:// URL")
     if len(url) > 2048:
         raise BadRequest("video_url", "longer than 2048 characters")
+    for name in ("tenant", *OPTIONAL_TEXT):
+        if name in body and not isinstance(body[name], str):
+            raise BadRequest(name, "must be a string")
+    analyse_id = body.get("analyse_id", 0)
+    if not isinstance(analyse_id, int) or isinstance(analyse_id, bool):
+        raise BadRequest("analyse_id", "must be an integer")
     return body, url
 
 
@@ -307,6 +324,8 @@ def _clip_request(clip_id: str, tenant: str, fields: dict[str, Any], uri: str) -
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
         raise BadRequest("metadata", "must be a JSON object of strings")
+    if len(metadata) > 64 or any(len(v) > 200 for v in metadata.values()):
+        raise BadRequest("metadata", "at most 64 entries of at most 200 characters each")
     if len(json.dumps(metadata)) > 16 * 1024:
         raise BadRequest("metadata", "larger than 16 KiB")
     try:
