@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import faust
 
+from api.uploads import prune_uploads
 from api.views import install
 from streams.codec import REQUEST, RESULT, AvroCodec, Record, default_codec
 from streams.errors import CodecError, ErrorCode
@@ -159,6 +160,13 @@ def _add_lifecycle(app: faust.App, runtime: Runtime) -> None:
         runtime.classify_step = ClassifyStep(runtime.codec, pack, policies, inference)
         runtime.model_loaded = True
         log.info("model pack %s %s loaded", pack.name, pack.version)
+
+    @app.timer(interval=3600.0)  # type: ignore[untyped-decorator]
+    async def _prune_uploads() -> None:
+        settings = runtime.settings
+        await asyncio.get_running_loop().run_in_executor(
+            None, prune_uploads, settings.upload_dir, settings.result_retention_s
+        )
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     def _shutdown(app: faust.App, **kwargs: Any) -> None:

@@ -21,7 +21,15 @@ from typing import Any
 
 from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, AvroCodec, Record
 from streams.errors import ClipError, CodecError, ErrorCode
-from streams.results import DONE, PENDING, base_result, error_result, finish_timing, iso_timestamp
+from streams.results import (
+    DONE,
+    ERROR,
+    PENDING,
+    base_result,
+    error_result,
+    finish_timing,
+    iso_timestamp,
+)
 from streams.settings import Settings
 from streams.stages.frames import encode_frames
 
@@ -278,9 +286,17 @@ class ClassifyStep:
 
 
 def should_store(current: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> bool:
-    """Table merge rule: a final result is never replaced by progress (at-least-once replays)."""
+    """Table merge rule for at-least-once delivery.
+
+    Progress never replaces a final result, and an error never replaces a success: a replayed
+    request whose upload has since been cleaned up must not turn a good answer into an error.
+    """
     if current is None:
         return True
-    current_final = current["status"]["classify"] in (DONE, "error")
-    incoming_final = incoming["status"]["classify"] in (DONE, "error")
-    return incoming_final or not current_final
+    current_state: str = current["status"]["classify"]
+    incoming_state: str = incoming["status"]["classify"]
+    if current_state == DONE:
+        return incoming_state == DONE
+    if current_state == ERROR:
+        return incoming_state in (DONE, ERROR)
+    return True

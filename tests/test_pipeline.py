@@ -104,3 +104,13 @@ def test_a_final_result_is_never_replaced_by_progress():
     assert should_store(pending, done)
     assert not should_store(done, pending)
     assert should_store(done, done)  # a replayed duplicate is harmless
+
+
+def test_an_error_never_replaces_a_success_but_a_retry_can_fix_an_error():
+    request = clip_request("file:///x.mp4")
+    pending = base_result(request, started_at="")
+    done = {**pending, "status": {"classify": "done", "video": "done"}}
+    failed = {**pending, "status": {"classify": "error", "video": "error"}, "error_code": 101}
+    assert not should_store(done, failed)
+    assert should_store(failed, done)
+    assert not should_store(failed, pending)
