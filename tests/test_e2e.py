@@ -55,7 +55,8 @@ def deployment(kafka_bootstrap, tmp_path_factory):
     (media / "truncated.mp4").write_bytes(data[: len(data) // 50])
     keys = {t: add_key(workdir / "keys.json", t) for t in ("acme", "globex")}
     prefix = f"e2e-{uuid.uuid4().hex[:10]}"
-    worker = Worker(worker_env(kafka_bootstrap, prefix, workdir, "w1"), workdir / "w1.log")
+    env = worker_env(kafka_bootstrap, prefix, workdir, "w1", max_upload_bytes="300000")
+    worker = Worker(env, workdir / "w1.log")
     with running(worker):
         yield {
             "bootstrap": kafka_bootstrap,
@@ -205,3 +206,25 @@ def test_async_post_is_pollable_and_a_corrupt_upload_gives_an_error_result(deplo
         f"{worker.url}/api/classify?sync=true", key, *multipart(CLIPS / "tree_h264.mp4")
     )
     assert status == 200 and ok["error_code"] == 0
+
+
+def test_oversize_and_malformed_uploads_are_refused_and_the_worker_keeps_serving(
+    deployment, tmp_path
+):
+    worker, key = deployment["worker"], deployment["keys"]["acme"]
+    big = tmp_path / "big.mp4"
+    big.write_bytes(b"\0" * 400_000)
+    status, body = call(f"{worker.url}/api/classify", key, *multipart(big))
+    assert status == 413 and body["error"] == "too_large"
+    status, body = call(
+        f"{worker.url}/api/classify", key, b"--x\r\n", {"Content-Type": "multipart/form-data"}
+    )
+    assert status == 400
+    status, body = call(
+        f"{worker.url}/api/classify", key, b"{", {"Content-Type": "application/json"}
+    )
+    assert status == 400 and body["field"] == "body"
+    status, result = call(
+        f"{worker.url}/api/classify?sync=true", key, *multipart(CLIPS / "people_mjpeg.avi")
+    )
+    assert status == 200 and result["error_code"] == 0
