@@ -34,6 +34,7 @@ from streams.pipeline import (
     Origin,
     Out,
     dead_letter,
+    malformed,
     should_store,
 )
 from streams.results import is_final
@@ -247,16 +248,7 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
             try:
                 incoming = runtime.codec.decode(value, expect=RESULT)
             except CodecError as exc:
-                log.warning("malformed result at %s: %s", _origin(event), exc)
-                letter = dead_letter(
-                    runtime.codec,
-                    _origin(event),
-                    value,
-                    stage="results",
-                    code=exc.code,
-                    message=str(exc),
-                    clip_id=None,
-                )
+                letter = malformed(runtime.codec, _origin(event), value, "results", exc)
                 await runtime.send([letter])
                 continue
             current = table.get(key)

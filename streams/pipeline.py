@@ -107,6 +107,15 @@ def error_outputs(
     ]
 
 
+def malformed(codec: AvroCodec, origin: Origin, value: bytes, stage: str, exc: CodecError) -> Out:
+    """A message we cannot read: keep it, byte for byte, on the dead-letter topic."""
+    log.warning("malformed message at %s (%s stage): %s", origin, stage, exc)
+    clip_id = origin.key.decode(errors="replace") if origin.key else None
+    return dead_letter(
+        codec, origin, value, stage=stage, code=exc.code, message=str(exc), clip_id=clip_id
+    )
+
+
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
@@ -123,18 +132,7 @@ class DecodeStep:
         try:
             request = self.codec.decode(value, expect=REQUEST)
         except CodecError as exc:
-            log.warning("malformed request at %s: %s", origin, exc)
-            return [
-                dead_letter(
-                    self.codec,
-                    origin,
-                    value,
-                    stage="intake",
-                    code=exc.code,
-                    message=str(exc),
-                    clip_id=origin.key.decode(errors="replace") if origin.key else None,
-                )
-            ]
+            return [malformed(self.codec, origin, value, "intake", exc)]
         started_at = iso_timestamp()
         timing: dict[str, float] = {}
         try:
@@ -223,18 +221,7 @@ class ClassifyStep:
         try:
             decoded = self.codec.decode(value, expect=DECODED)
         except CodecError as exc:
-            log.warning("malformed decoded clip at %s: %s", origin, exc)
-            return [
-                dead_letter(
-                    self.codec,
-                    origin,
-                    value,
-                    stage="classify",
-                    code=exc.code,
-                    message=str(exc),
-                    clip_id=origin.key.decode(errors="replace") if origin.key else None,
-                )
-            ]
+            return [malformed(self.codec, origin, value, "classify", exc)]
         request = decoded["request"]
         timing = dict(decoded["timing"])
         start = time.perf_counter()
