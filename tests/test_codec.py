@@ -83,12 +83,12 @@ def test_truncated_body_and_trailing_bytes_are_errors():
 
 def test_wrong_message_type_is_refused():
     data = codec.encode(REQUEST, a_request())
-    with pytest.raises(CodecError, match="expected a clipguard.ClassificationResult"):
+    with pytest.raises(CodecError, match=r"expected a clipguard\.ClassificationResult"):
         codec.decode(data, expect=RESULT)
 
 
 def test_record_not_matching_schema_names_the_schema():
-    with pytest.raises(CodecError, match="does not match clipguard.ClipRequest"):
+    with pytest.raises(CodecError, match=r"does not match clipguard\.ClipRequest"):
         codec.encode(REQUEST, a_request(analyse_id="not a number"))
 
 
