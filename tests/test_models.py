@@ -106,8 +106,19 @@ def test_batched_frames_give_the_same_evidence_as_single_frames(pack: M.ModelPac
         assert [d.label for d in batched.detections] == [d.label for d in single.detections]
         assert np.allclose([d.score for d in batched.detections],
                            [d.score for d in single.detections], atol=1e-4)  # fmt: skip
-        assert batched.text == pytest.approx(single.text, abs=1e-4)
         assert batched.imagenet["spider"] == pytest.approx(single.imagenet["spider"], abs=1e-4)
+    # The text detector sees frames 0, 3, 6 and 9 of ten (M.text_frames), alone or together.
+    assert together[0].text == pytest.approx(alone[0].text, abs=1e-4)
+    assert [e.text is not None for e in together] == [i in (0, 3, 6, 9) for i in range(10)]
+    assert together[3].text is not None and together[3].text > 0.5  # the burned-in timestamp
+
+
+@pytest.mark.parametrize(
+    ("count", "chosen"),
+    [(0, []), (1, [0]), (4, [0, 1, 2, 3]), (5, [0, 1, 3, 4]), (12, [0, 4, 7, 11])],
+)
+def test_the_text_detector_sees_frames_spread_over_the_clip(count: int, chosen: list[int]) -> None:
+    assert M.text_frames(count) == chosen
 
 
 def test_frames_of_different_sizes_are_analysed_separately(pack: M.ModelPack) -> None:
@@ -128,7 +139,8 @@ class FailingSession:
 
 
 def test_an_onnxruntime_failure_is_an_inference_error(pack: M.ModelPack) -> None:
-    broken = M.ModelPack("p", "1", {"detector": FailingSession()}, [])  # type: ignore[dict-item]
+    sessions = {role: FailingSession() for role in M.MODEL_ROLES}
+    broken = M.ModelPack("p", "1", sessions, [])  # type: ignore[arg-type]
     with pytest.raises(ClipError) as caught:
         broken.analyse([image("chelsea")])
     assert caught.value.code == ErrorCode.INFERENCE_FAILED

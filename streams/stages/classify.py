@@ -63,7 +63,7 @@ class _FrameEvidence(Protocol):
     @property
     def imagenet(self) -> Mapping[str, float]: ...
     @property
-    def text(self) -> float: ...
+    def text(self) -> float | None: ...
 
 
 class _ModelPack(Protocol):
@@ -140,7 +140,8 @@ def aggregate(
             per_frame[label].append(best[label])
         per_frame["spider"].append(float(frame.imagenet.get("spider", 0.0)))
         per_frame["web"].append(float(frame.imagenet.get("spider_web", 0.0)))
-        per_frame["text"].append(float(frame.text))
+        if frame.text is not None:  # the text detector sees only some frames (models.py)
+            per_frame["text"].append(float(frame.text))
 
     scores = {label: held_score(values) for label, values in per_frame.items()}
     scores["intrusion"] = max(scores["person"], scores["vehicule"])

@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ MODEL_ROLES = ("detector", "imagenet", "text")
 DETECTION_FLOOR = 0.30
 # FACTS.md: batch 8 on 2 threads is the sweet spot for a small CNN; larger batches thrash the cache.
 BATCH = 8
+# Burned-in text (camera names, timestamps) is static, so the text detector, a quarter of a
+# clip's inference cost, looks at a few frames spread over the clip instead of all of them.
+TEXT_FRAMES = 4
 
 IMAGENET_SIZE = 280
 # ImageNet-1k indices: 70 harvestman, 72-77 the true spiders (71 is the scorpion), 815 spider web.
@@ -107,7 +110,9 @@ class FrameEvidence:
     # "spider", "spider_web": summed softmax probabilities of those ImageNet classes;
     # "top1_prob" with the name in `imagenet_top1`.
     imagenet: Mapping[str, float]
-    text: float  # 0..1, heuristic: PP-OCR det map + line-shape filter (text_line_score)
+    # 0..1, heuristic: PP-OCR det map + line-shape filter (text_line_score); None when this frame
+    # was not given to the text detector (it sees TEXT_FRAMES frames per clip, see text_frames).
+    text: float | None
     imagenet_top1: str = ""  # the top ImageNet class name (its probability: imagenet["top1_prob"])
 
 
@@ -120,6 +125,13 @@ def check_frames(frames: Sequence[Frame]) -> None:
             raise ValueError(
                 f"frame {index}: expected RGB uint8 HxWx3, got {frame.dtype} {frame.shape}"
             )
+
+
+def text_frames(count: int, most: int = TEXT_FRAMES) -> list[int]:
+    """Indices of at most `most` frames spread evenly over `count` (first and last included)."""
+    if count <= most:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (most - 1)) for i in range(most)})
 
 
 def batches(frames: Sequence[Frame], size: int = BATCH) -> list[list[Frame]]:
@@ -343,13 +355,22 @@ class ModelPack:
             check_frames(frames)
         except ValueError as exc:
             raise ClipError(ErrorCode.INFERENCE_FAILED, str(exc)) from exc
-        evidence: list[FrameEvidence] = []
-        for group in batches(frames):
-            try:
+        chosen = text_frames(len(frames))
+        try:
+            text = dict(zip(chosen, self._text_scores([frames[i] for i in chosen]), strict=True))
+            evidence: list[FrameEvidence] = []
+            for group in batches(frames):
                 evidence.extend(self._analyse_batch(group))
-            except ORT_ERRORS as exc:
-                raise ClipError(ErrorCode.INFERENCE_FAILED, f"onnxruntime failed: {exc}") from exc
-        return evidence
+        except ORT_ERRORS as exc:
+            raise ClipError(ErrorCode.INFERENCE_FAILED, f"onnxruntime failed: {exc}") from exc
+        return [replace(e, text=text.get(i)) for i, e in enumerate(evidence)]
+
+    def _text_scores(self, frames: Sequence[Frame]) -> list[float]:
+        scores: list[float] = []
+        for group in batches(frames):
+            (prob_maps,) = self._sessions["text"].run(None, {"x": preprocess_text(group)})
+            scores.extend(text_line_score(prob_maps[i, 0]) for i in range(len(group)))
+        return scores
 
     def _analyse_batch(self, frames: Sequence[Frame]) -> list[FrameEvidence]:
         boxes, scores, classes, counts = self._sessions["detector"].run(
@@ -358,12 +379,11 @@ class ModelPack:
         detections = postprocess_detector(boxes, scores, classes, counts)
         (probs,) = self._sessions["imagenet"].run(None, {"images": preprocess_imagenet(frames)})
         imagenet = imagenet_evidence(probs, self._imagenet_labels)
-        (prob_maps,) = self._sessions["text"].run(None, {"x": preprocess_text(frames)})
         return [
             FrameEvidence(
                 detections=detections[i],
                 imagenet=imagenet[i][0],
-                text=text_line_score(prob_maps[i, 0]),
+                text=None,
                 imagenet_top1=imagenet[i][1],
             )
             for i in range(len(frames))
