@@ -144,7 +144,9 @@ def _raw_topic(app: faust.App, settings: Settings, *names: str) -> faust.TopicT:
 
 
 def _add_lifecycle(app: faust.App, runtime: Runtime) -> None:
-    inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipguard-infer")
+    inference = ThreadPoolExecutor(
+        max_workers=max(1, runtime.settings.classify_workers), thread_name_prefix="clipguard-infer"
+    )
     pools: list[Any] = []
 
     @app.task(on_leader=False)  # type: ignore[untyped-decorator]
@@ -224,7 +226,11 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
         async for _ in run_step(stream, lambda: runtime.decode_step):
             yield None
 
-    @app.agent(topics[DECODED_TOPIC], concurrency=1, name="clipguard.classify")
+    @app.agent(
+        topics[DECODED_TOPIC],
+        concurrency=max(1, runtime.settings.classify_workers),
+        name="clipguard.classify",
+    )
     async def classify_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for _ in run_step(stream, lambda: runtime.classify_step):
             yield None

@@ -67,7 +67,11 @@ class Settings:
 
     # Classify
     models_dir: Path = PROJECT_ROOT / "models"
-    inference_threads: int = 2
+    # Clips classified at the same time by one worker, each on `inference_threads` threads.
+    # One thread per clip and one clip per core keeps every core busy (docs/performance.md);
+    # fewer, wider calls give a single clip lower latency but leave cores idle between calls.
+    classify_workers: int = 2
+    inference_threads: int = 1
     # JSON file of per-tenant policies (thresholds, risk mapping); empty: built-in defaults.
     policy_file: Path | None = None
 

@@ -79,7 +79,6 @@ def worker_env(
             "CLIPGUARD_MEDIA_ROOTS": str(workdir / "media"),
             "CLIPGUARD_UPLOAD_DIR": str(workdir / "media" / "uploads"),
             "CLIPGUARD_SYNC_TIMEOUT_S": "120",
-            "CLIPGUARD_INFERENCE_THREADS": "1",
         }
     )
     env.update({f"CLIPGUARD_{k.upper()}": v for k, v in extra.items()})
