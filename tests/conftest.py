@@ -3,32 +3,18 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from bench.cluster import free_ports
 from streams.broker import Broker
 
 # --- Kafka ------------------------------------------------------------------------------
 # Tests that need Kafka are marked `@pytest.mark.kafka` and take `kafka_bootstrap`. The suite
 # starts its own single-node broker (streams/broker.py) once per session on free ports in a
 # temporary directory; KAFKA_BOOTSTRAP=host:port points the tests at an existing cluster instead.
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports that nothing listens on now (held open together so they are distinct)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @pytest.fixture(scope="session")

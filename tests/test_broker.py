@@ -12,8 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import UnknownTopicOrPartitionError
 
+from bench.cluster import free_ports
 from streams.broker import Broker, BrokerError, cli, probe_metadata
-from tests.conftest import free_ports
 
 pytestmark = pytest.mark.kafka
 

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, settings
 
 from api.auth import add_key
 from api.views import install
+from bench.cluster import free_ports
 from streams.settings import Settings
-from tests.conftest import free_ports
 from tests.test_api import InMemoryService
 
 SPEC = Path(__file__).resolve().parent.parent / "api" / "openapi.yaml"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import free_ports
+from bench.cluster import worker_env as bench_worker_env
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,23 +63,9 @@ class Worker:
 def worker_env(
     bootstrap: str, prefix: str, workdir: Path, name: str, **extra: str
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGUARD_")}
-    (port,) = free_ports(1)
-    env.update(
-        {
-            "CLIPGUARD_KAFKA_BOOTSTRAP": bootstrap,
-            "CLIPGUARD_APP_ID": prefix,
-            "CLIPGUARD_TOPIC_PREFIX": prefix,
-            "CLIPGUARD_PARTITIONS": "4",
-            "CLIPGUARD_STORE": "memory://",
-            "CLIPGUARD_DATA_DIR": str(workdir / name),
-            "CLIPGUARD_WEB_PORT": str(port),
-            "CLIPGUARD_API_KEYS_FILE": str(workdir / "keys.json"),
-            "CLIPGUARD_MEDIA_ROOTS": str(workdir / "media"),
-            "CLIPGUARD_UPLOAD_DIR": str(workdir / "media" / "uploads"),
-            "CLIPGUARD_SYNC_TIMEOUT_S": "120",
-        }
-    )
+    """The benchmark's worker environment, with `extra` settings (field=value) on top."""
+    env = bench_worker_env(bootstrap, prefix, workdir, name)
+    env["CLIPGUARD_PARTITIONS"] = "4"
     env.update({f"CLIPGUARD_{k.upper()}": v for k, v in extra.items()})
     return env
 
