@@ -35,7 +35,9 @@ ID_PATTERN = re.compile(r"[0-9a-f]{24}")
 FORWARDED = "X-ClipGuard-Forwarded"
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".m4v", ".ts", ".webm", ".mpg", ".mpeg", ".3gp"}
 OPTIONAL_TEXT = ("camera_id", "parent_id", "videoname")
-ALLOWED_URL_SCHEMES = ("http://", "https://", "file://")
+# file:// is for trusted producers on the requests topic only: over HTTP it would let one tenant
+# name another tenant's upload (the upload store is under a media root).
+ALLOWED_URL_SCHEMES = ("http://", "https://")
 REMOTE_POLL_S = 0.1
 
 
@@ -248,7 +250,7 @@ async def _read_json(request: web.Request) -> tuple[dict[str, Any], str]:
         raise BadRequest(sorted(unknown)[0], "unknown field")
     url = body.get("video_url")
     if not isinstance(url, str) or not url.startswith(ALLOWED_URL_SCHEMES):
-        raise BadRequest("video_url", "required: an http://, https:// or file:// URL")
+        raise BadRequest("video_url", "required: an http:// or https:// URL")
     if len(url) > 2048:
         raise BadRequest("video_url", "longer than 2048 characters")
     for name in ("tenant", *OPTIONAL_TEXT):

@@ -219,7 +219,9 @@ async def test_json_body_references_a_url(client, keys):
     assert request["metadata"] == {"site": "north"}
 
 
-@pytest.mark.parametrize("url", ["ftp://x/y.mp4", "", "gopher://a", None])
+@pytest.mark.parametrize(
+    "url", ["ftp://x/y.mp4", "", "gopher://a", None, "file:///srv/media/uploads/other.mp4"]
+)
 async def test_json_body_with_a_bad_url_is_400(client, keys, url):
     response = await client.post(
         "/api/classify", json={"video_url": url}, headers=auth(keys["acme"])
