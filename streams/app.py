@@ -10,7 +10,6 @@ reaches the dead-letter topic instead of being dropped by Faust's own deserializ
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -31,6 +30,7 @@ from streams.pipeline import (
     RESULTS_TOPIC,
     ClassifyStep,
     DecodeStep,
+    Expiry,
     Origin,
     Out,
     dead_letter,
@@ -235,9 +235,7 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
         async for _ in run_step(stream, lambda: runtime.classify_step):
             yield None
 
-    expiry: dict[int, collections.deque[tuple[float, bytes]]] = collections.defaultdict(
-        collections.deque
-    )
+    expiry = Expiry(runtime.settings.result_retention_s)
     results_and_progress = _raw_topic(
         app,
         runtime.settings,
@@ -261,23 +259,13 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
             current_record = None if current is None else runtime.codec.decode(current)
             if should_store(current_record, incoming):
                 table[key] = value
-                _expire(
-                    table, expiry[event.message.partition], key, runtime.settings.result_retention_s
-                )
+                # Expired keys share this event's partition, so their deletions land in the
+                # changelog partition Faust writes for this event.
+                for old in expiry.note(event.message.partition, key, time.monotonic()):
+                    table.pop(old, None)
             if is_final(incoming):
                 runtime.notify(key, value)
             yield None
-
-
-def _expire(
-    table: Any, queue: collections.deque[tuple[float, bytes]], key: bytes, retention_s: float
-) -> None:
-    """Forget results older than the retention, oldest first, within the current partition."""
-    now = time.monotonic()
-    queue.append((now, key))
-    while queue and now - queue[0][0] > retention_s:
-        _, old = queue.popleft()
-        table.pop(old, None)
 
 
 class FaustClipService:

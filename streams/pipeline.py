@@ -10,6 +10,7 @@ message that is not ours becomes a dead-letter record. Nothing is lost silently.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import tempfile
 import time
@@ -270,6 +271,29 @@ class ClassifyStep:
         frames = decode_frames(decoded["frames"])
         policy = self.policies.for_tenant(decoded["request"]["tenant"])
         return classify(frames, decoded["timestamps"], self.pack, policy)
+
+
+class Expiry:
+    """Which result keys have outlived the retention: per partition, oldest first.
+
+    Only ids and times are kept (a few dozen bytes a result), so memory stays bounded by the
+    number of results within the retention, whatever the table's store.
+    """
+
+    def __init__(self, retention_s: float) -> None:
+        self.retention_s = retention_s
+        self._queues: dict[int, collections.deque[tuple[float, bytes]]] = collections.defaultdict(
+            collections.deque
+        )
+
+    def note(self, partition: int, key: bytes, now: float) -> list[bytes]:
+        """Record that `key` was stored now; return the keys of `partition` to forget."""
+        queue = self._queues[partition]
+        queue.append((now, key))
+        expired = []
+        while queue and now - queue[0][0] > self.retention_s:
+            expired.append(queue.popleft()[1])
+        return expired
 
 
 def should_store(current: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> bool:
