@@ -45,3 +45,15 @@ def test_a_bad_value_names_the_variable():
 def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         Settings().partitions = 3  # type: ignore[misc]
+
+
+def test_every_setting_is_documented():
+    import dataclasses
+
+    page = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    missing = [
+        f"CLIPGUARD_{f.name.upper()}"
+        for f in dataclasses.fields(Settings)
+        if f"`CLIPGUARD_{f.name.upper()}`" not in page
+    ]
+    assert missing == []
