@@ -6,8 +6,8 @@ COPY streams streams
 COPY api api
 COPY schemas schemas
 COPY models models
-RUN pip install --no-cache-dir .
-# Python code is installed; schemas/ and models/ are read from /app.
+# Editable, so the code finds schemas/ and models/ beside it in /app, as in a checkout.
+RUN pip install --no-cache-dir -e .
 ENV CLIPGUARD_MODELS_DIR=/app/models \
     CLIPGUARD_DATA_DIR=/data/worker \
     CLIPGUARD_MEDIA_ROOTS=/data/media \
