@@ -7,13 +7,21 @@ import asyncio
 import logging
 import sys
 
+from streams.errors import ClipGuardError
 from streams.settings import PROJECT_ROOT, Settings
 
 DEV_TENANT = "dev"
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(sys.argv[1:] if argv is None else argv)
+    except ClipGuardError as exc:  # a mistake the user can fix: say it in one line
+        print(f"clipguard: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="clipguard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser(
@@ -52,8 +60,8 @@ def _worker(settings: Settings) -> int:
     from streams.topics import ensure_topics
 
     logging.basicConfig(level=logging.INFO)
+    app = create_app(settings)  # configuration mistakes surface here, before Kafka is touched
     asyncio.run(ensure_topics(settings))
-    app = create_app(settings)
     worker = faust.Worker(app, loglevel="INFO")
     worker.execute_from_commandline()
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from streams.errors import ConfigError
 from streams.settings import Settings
@@ -36,7 +36,12 @@ TOPIC_CONFIGS: dict[str, dict[str, str]] = {
 
 async def ensure_topics(settings: Settings) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
+    try:
+        await admin.start()
+    except KafkaConnectionError as exc:
+        raise ConfigError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap} (CLIPGUARD_KAFKA_BOOTSTRAP): {exc}"
+        ) from exc
     try:
         names = {settings.topic(name): name for name in TOPIC_CONFIGS}
         existing = await admin.describe_topics(list(names))
