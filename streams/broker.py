@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from streams.errors import ClipGuardError
+from streams.errors import BrokerError
 from streams.settings import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,6 @@ JVM_OPTS = (
 # Written next to the jars: when pom.xml changes, libs/ no longer matches it and is fetched again.
 _POM_STAMP = ".pom.sha256"
 _LOG_TAIL_LINES = 40
-
-
-class BrokerError(ClipGuardError):
-    """The local Kafka broker could not be fetched, started, probed or stopped."""
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,10 @@ class ConfigError(ClipGuardError):
     """A setting, policy or key file is missing or wrong."""
 
 
+class BrokerError(ClipGuardError):
+    """The local Kafka broker could not be fetched, started, probed or stopped."""
+
+
 class CodecError(ClipGuardError):
     """A message could not be encoded or decoded (framing, fingerprint, Avro body)."""
 

@@ -13,7 +13,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import UnknownTopicOrPartitionError
 
 from bench.cluster import free_ports
-from streams.broker import Broker, BrokerError, cli, probe_metadata
+from streams.broker import Broker, cli, probe_metadata
+from streams.errors import BrokerError
 
 pytestmark = pytest.mark.kafka
 
