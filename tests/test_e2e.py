@@ -6,8 +6,11 @@ uses its own clip ids, and the module its own topic prefix and consumer group.
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
+import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -55,7 +58,14 @@ def deployment(kafka_bootstrap, tmp_path_factory):
     (media / "truncated.mp4").write_bytes(data[: len(data) // 50])
     keys = {t: add_key(workdir / "keys.json", t) for t in ("acme", "globex")}
     prefix = f"e2e-{uuid.uuid4().hex[:10]}"
-    env = worker_env(kafka_bootstrap, prefix, workdir, "w1", max_upload_bytes="300000")
+    env = worker_env(
+        kafka_bootstrap,
+        prefix,
+        workdir,
+        "w1",
+        max_upload_bytes="300000",
+        http_allow_hosts="127.0.0.1",  # the test's own clip server (tests below)
+    )
     worker = Worker(env, workdir / "w1.log")
     with running(worker):
         yield {
@@ -228,3 +238,66 @@ def test_oversize_and_malformed_uploads_are_refused_and_the_worker_keeps_serving
         f"{worker.url}/api/classify?sync=true", key, *multipart(CLIPS / "people_mjpeg.avi")
     )
     assert status == 200 and result["error_code"] == 0
+
+
+class HeldClipServer:
+    """Serves one clip over HTTP on 127.0.0.1, holding every answer until `release()`."""
+
+    def __init__(self, path: Path) -> None:
+        held = self.held = threading.Event()
+        body = path.read_bytes()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                held.wait(120)
+                self.send_response(200)
+                self.send_header("Content-Type", "video/mp4")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/{path.name}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def release(self) -> None:
+        self.held.set()
+
+    def close(self) -> None:
+        self.held.set()
+        self.server.shutdown()
+
+
+def poll(url: str, key: str, until, attempts: int = 600):
+    """GET `url` until `until(status, body)` holds (bounded: 600 tries, 0.2 s apart)."""
+    for _ in range(attempts):
+        status, body = call(url, key)
+        if until(status, body):
+            return status, body
+        time.sleep(0.2)
+    raise AssertionError(f"{url}: still {status} {body}")
+
+
+def test_a_clip_in_progress_shows_its_status_then_its_result(deployment):
+    worker, key = deployment["worker"], deployment["keys"]["acme"]
+    server = HeldClipServer(CLIPS / "people_h264.mp4")
+    try:
+        body = json.dumps({"video_url": server.url, "camera_id": "gate"}).encode()
+        status, accepted = call(
+            f"{worker.url}/api/classify", key, body, {"Content-Type": "application/json"}
+        )
+        assert status == 202
+        url = f"{worker.url}{accepted['poll']}"
+        # The download is held, so the clip cannot get past fetching.
+        status, pending = poll(url, key, lambda status, body: status == 200)
+        assert pending["status"] == {"classify": "pending", "video": "pending"}
+        assert pending["cameraId"] == "gate" and pending["error_code"] == 0
+        server.release()
+        _, done = poll(url, key, lambda status, body: body["status"]["classify"] != "pending")
+        assert done["status"] == {"classify": "done", "video": "done"}
+        assert "person" in done["labels"] and done["video"]["videoname"] == "people_h264.mp4"
+    finally:
+        server.close()
