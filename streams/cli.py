@@ -72,10 +72,14 @@ def _run(settings: Settings) -> int:
     from streams.broker import Broker
 
     host, _, port = settings.kafka_bootstrap.rpartition(":")
-    broker = Broker(PROJECT_ROOT / ".clipguard" / "kafka", port=int(port), host=host or "127.0.0.1")
-    print(
-        f"Kafka broker: {broker.start()} (data in {broker.data_dir}; stop: clipguard broker stop)"
-    )
+    if host in ("127.0.0.1", "localhost", ""):
+        broker = Broker(PROJECT_ROOT / ".clipguard" / "kafka", port=int(port))
+        print(
+            f"Kafka broker: {broker.start()} (data in {broker.data_dir}; "
+            "stop: clipguard broker stop)"
+        )
+    else:  # an existing cluster: nothing to start
+        print(f"Kafka: using {settings.kafka_bootstrap} (CLIPGUARD_KAFKA_BOOTSTRAP)")
     for path in (settings.upload_dir, *settings.media_roots):
         path.mkdir(parents=True, exist_ok=True)
     key_note = ""
