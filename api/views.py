@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from aiohttp import BodyPartReader, ClientError, ClientTimeout, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiokafka.errors import KafkaError
 
 from api.auth import ApiKeys
 from streams.codec import AvroCodec, Record
@@ -155,10 +156,11 @@ async def classify(request: web.Request) -> web.Response:
         return error(400, "invalid", "sync must be true or false", field="sync")
     sync_wanted = sync == "true"
     clip_id = new_clip_id()
+    stored: list[Path] = []  # the upload, to remove again if the request is refused
     try:
         if request.content_type == "multipart/form-data":
             try:
-                fields, uri = await _read_multipart(request, settings, clip_id)
+                fields, uri = await _read_multipart(request, settings, clip_id, stored)
             except (ValueError, HttpProcessingError) as exc:  # aiohttp: a malformed body
                 raise BadRequest("body", f"malformed multipart body: {exc}") from exc
         elif request.content_type == "application/json":
@@ -171,11 +173,17 @@ async def classify(request: web.Request) -> web.Response:
             )
         clip = _clip_request(clip_id, tenant, fields, uri)
     except BadRequest as exc:
+        _remove(stored)
         status = exc.status
         code = "too_large" if status == 413 else "forbidden" if status == 403 else "invalid"
         return error(status, code, exc.message, field=exc.field)
     pending = base_result(clip, started_at="")
-    await service.submit(clip, pending)
+    try:
+        await service.submit(clip, pending)
+    except KafkaError as exc:
+        _remove(stored)
+        log.error("could not queue clip %s: %s", clip_id, exc)
+        return error(503, "unavailable", "the clip could not be queued (Kafka); retry")
     poll = f"/api/result/{clip_id}"
     if not sync_wanted:
         return web.json_response(
@@ -263,7 +271,7 @@ async def _read_json(request: web.Request) -> tuple[dict[str, Any], str]:
 
 
 async def _read_multipart(
-    request: web.Request, settings: Settings, clip_id: str
+    request: web.Request, settings: Settings, clip_id: str, stored: list[Path]
 ) -> tuple[dict[str, Any], str]:
     reader = await request.multipart()
     fields: dict[str, Any] = {}
@@ -276,7 +284,7 @@ async def _read_multipart(
                 raise BadRequest(part.name, "unexpected file field (send the clip as 'video')")
             if uri is not None:
                 raise BadRequest(part.name, "only one video per request")
-            uri, size = await _store_upload(part, settings, clip_id)
+            uri, size = await _store_upload(part, settings, clip_id, stored)
             fields["videoname"] = fields.get("videoname") or Path(part.filename).name[:255]
             fields["filesize"] = size
         else:
@@ -293,11 +301,14 @@ async def _read_multipart(
     return fields, uri
 
 
-async def _store_upload(part: BodyPartReader, settings: Settings, clip_id: str) -> tuple[str, int]:
+async def _store_upload(
+    part: BodyPartReader, settings: Settings, clip_id: str, stored: list[Path]
+) -> tuple[str, int]:
     suffix = Path(part.filename or "").suffix.lower()
     name = clip_id + (suffix if suffix in VIDEO_EXTENSIONS else "")
     settings.upload_dir.mkdir(parents=True, exist_ok=True)
     path = settings.upload_dir / name
+    stored.append(path)
     size = 0
     try:
         with path.open("wb") as out:
@@ -315,6 +326,11 @@ async def _store_upload(part: BodyPartReader, settings: Settings, clip_id: str) 
         path.unlink(missing_ok=True)
         raise BadRequest("video", "the file is empty")
     return f"upload://{name}", size
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def _clip_request(clip_id: str, tenant: str, fields: dict[str, Any], uri: str) -> Record:

@@ -154,13 +154,27 @@ async def test_requests_without_a_valid_key_are_refused(client, headers):
     assert (await client.post("/api/classify", data=upload(), headers=headers)).status == 401
 
 
-async def test_body_tenant_must_match_the_key(client, keys):
+async def test_body_tenant_must_match_the_key(client, keys, settings):
     response = await client.post(
         "/api/classify", data=upload(tenant="globex"), headers=auth(keys["acme"])
     )
     assert response.status == 403
     assert (await response.json())["field"] == "tenant"
     assert client.service.submitted == []
+    assert list(settings.upload_dir.glob("*")) == []  # the refused upload is not kept
+
+
+async def test_a_clip_that_cannot_be_queued_is_503_and_its_upload_removed(client, keys, settings):
+    from aiokafka.errors import KafkaConnectionError
+
+    async def broken_submit(request, pending):
+        raise KafkaConnectionError("broker down")
+
+    client.service.submit = broken_submit
+    response = await client.post("/api/classify", data=upload(), headers=auth(keys["acme"]))
+    assert response.status == 503
+    assert (await response.json())["error"] == "unavailable"
+    assert list(settings.upload_dir.glob("*")) == []
 
 
 @pytest.mark.parametrize(
@@ -173,11 +187,12 @@ async def test_body_tenant_must_match_the_key(client, keys):
         ({"colour": "red"}, "colour"),
     ],
 )
-async def test_invalid_fields_are_400_naming_the_field(client, keys, fields, field):
+async def test_invalid_fields_are_400_naming_the_field(client, keys, settings, fields, field):
     response = await client.post("/api/classify", data=upload(**fields), headers=auth(keys["acme"]))
     assert response.status == 400
     assert (await response.json())["field"] == field
     assert client.service.submitted == []
+    assert list(settings.upload_dir.glob("*")) == []
 
 
 async def test_missing_video_is_400(client, keys):
