@@ -180,7 +180,7 @@ async def classify(request: web.Request) -> web.Response:
     pending = base_result(clip, started_at="")
     try:
         await service.submit(clip, pending)
-    except KafkaError as exc:
+    except (KafkaError, TimeoutError) as exc:
         _remove(stored)
         log.error("could not queue clip %s: %s", clip_id, exc)
         return error(503, "unavailable", "the clip could not be queued (Kafka); retry")

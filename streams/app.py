@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import faust
+from aiokafka.errors import KafkaError
 
 from api.uploads import prune_uploads
 from api.views import install
@@ -65,8 +66,24 @@ class Runtime:
     waiters: dict[bytes, list[asyncio.Future[bytes]]] | None = None
 
     async def send(self, outs: list[Out]) -> None:
+        """Produce `outs` and wait until Kafka has them, retrying while it is unreachable.
+
+        Faust acks the input message once the agent moves on, so an output lost here would be
+        a clip lost for good: block this agent instead, until the broker takes it.
+        """
         for out in outs:
-            await self.topics[out.topic].send(key=out.key, value=out.value)
+            delay = 0.5
+            while True:
+                try:
+                    pending = await self.topics[out.topic].send(key=out.key, value=out.value)
+                    await pending
+                    break
+                except KafkaError as exc:
+                    log.warning(
+                        "sending to %s failed (%s); retrying in %.1f s", out.topic, exc, delay
+                    )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
 
     def notify(self, key: bytes, value: bytes) -> None:
         for future in (self.waiters or {}).pop(key, []):
@@ -283,13 +300,17 @@ class FaustClipService:
         return self.runtime.codec
 
     async def submit(self, request: Record, pending: Record) -> None:
+        """Publish the pending status, then the request; returns once Kafka has both.
+
+        A 202 therefore means the clip is durably queued; a KafkaError reaches the view (503).
+        """
         key = request["id"].encode()
-        await self.runtime.topics[PROGRESS_TOPIC].send(
-            key=key, value=self.codec.encode(RESULT, pending)
-        )
-        await self.runtime.topics["requests"].send(
-            key=key, value=self.codec.encode(REQUEST, request)
-        )
+        for topic, value in (
+            (PROGRESS_TOPIC, self.codec.encode(RESULT, pending)),
+            ("requests", self.codec.encode(REQUEST, request)),
+        ):
+            pending_send = await self.runtime.topics[topic].send(key=key, value=value)
+            await asyncio.wait_for(pending_send, timeout=30)
 
     def owner_url(self, clip_id: str) -> str | None:
         """Base URL of the worker owning this id's table partition; None when it is this one."""
