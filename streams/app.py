@@ -141,7 +141,9 @@ def create_app(settings: Settings) -> faust.App:
     )
     runtime = Runtime(settings, app, default_codec(), topics, table, waiters={})
     app.clipguard = runtime  # type: ignore[attr-defined]
-    _add_lifecycle(app, runtime)
+    # Read now, so a wrong policy file stops the worker before it joins the group.
+    policies = load_policies(settings.policy_file)
+    _add_lifecycle(app, runtime, policies)
     _add_agents(app, runtime)
     web_app = cast(Any, app.web).web_app  # the aiohttp Application inside Faust's web driver
     install(web_app, FaustClipService(runtime), settings)
@@ -160,7 +162,7 @@ def _raw_topic(app: faust.App, settings: Settings, *names: str) -> faust.TopicT:
     )
 
 
-def _add_lifecycle(app: faust.App, runtime: Runtime) -> None:
+def _add_lifecycle(app: faust.App, runtime: Runtime, policies: Any) -> None:
     inference = ThreadPoolExecutor(
         max_workers=max(1, runtime.settings.classify_workers), thread_name_prefix="clipguard-infer"
     )
@@ -176,7 +178,6 @@ def _add_lifecycle(app: faust.App, runtime: Runtime) -> None:
         pack = await loop.run_in_executor(
             inference, ModelPack.load, settings.models_dir, settings.inference_threads
         )
-        policies = load_policies(settings.policy_file)
         runtime.classify_step = ClassifyStep(runtime.codec, pack, policies, inference)
         runtime.model_loaded = True
         log.info("model pack %s %s loaded", pack.name, pack.version)
