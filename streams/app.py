@@ -42,7 +42,7 @@ from streams.results import is_final
 from streams.settings import Settings
 from streams.stages.models import ModelPack
 from streams.stages.policy import load_policies
-from streams.stages.pool import DecodePool
+from streams.stages.pool import DecodePool, decode_to_jpeg
 from streams.topics import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def _add_lifecycle(app: faust.App, runtime: Runtime, policies: Any) -> None:
     @app.task(on_leader=False)  # type: ignore[untyped-decorator]
     async def _start_stages() -> None:
         settings = runtime.settings
-        pool = DecodePool(settings)
+        pool = DecodePool(settings, decode_fn=decode_to_jpeg)
         pools.append(pool)
         runtime.decode_step = DecodeStep(settings, runtime.codec, pool)
         loop = asyncio.get_running_loop()

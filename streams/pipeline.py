@@ -168,14 +168,15 @@ class DecodeStep:
             start = time.perf_counter()
             videoname = request["videoname"] or uri.rstrip("/").rsplit("/", 1)[-1]
             clip = await self.pool.decode(fetched.path, self.settings, videoname)
-            timing["decode"] = _ms_since(start)
-        start = time.perf_counter()
-        # Pillow releases the GIL while encoding, so a thread keeps the event loop free.
-        loop = asyncio.get_running_loop()
-        frames = await loop.run_in_executor(
-            None, encode_frames, clip.frames, self.settings.jpeg_quality
-        )
-        timing["encode"] = _ms_since(start)
+            timing["decode"] = _ms_since(start) - clip.encode_ms
+        frames = list(clip.jpeg_frames)
+        timing["encode"] = clip.encode_ms
+        if not frames:  # a pool decoding to pixels: encode here, in a thread (Pillow frees the GIL)
+            start = time.perf_counter()
+            frames = await asyncio.get_running_loop().run_in_executor(
+                None, encode_frames, clip.frames, self.settings.jpeg_quality
+            )
+            timing["encode"] = _ms_since(start)
         specs = clip.specs
         return {
             "request": request,

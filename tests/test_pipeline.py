@@ -10,7 +10,8 @@ from streams.errors import ErrorCode
 from streams.pipeline import DecodeStep, Expiry, Origin, should_store
 from streams.results import base_result
 from streams.settings import Settings
-from streams.stages.pool import DecodePool
+from streams.stages.decode import decode
+from streams.stages.pool import DecodePool, decode_to_jpeg
 from tests.kafka_io import clip_request
 
 CLIPS = Path(__file__).parent / "fixtures" / "clips"
@@ -28,9 +29,11 @@ def settings(tmp_path):
     return Settings(media_roots=(media,), upload_dir=media / "uploads")
 
 
-@pytest.fixture
-async def step(settings):
-    pool = DecodePool(settings)
+@pytest.fixture(params=["jpeg in the child", "pixels from the child"])
+async def step(settings, request):
+    # The worker's pool encodes in the child; a plain pool's pixels are encoded by the step.
+    decode_fn = decode_to_jpeg if request.param == "jpeg in the child" else decode
+    pool = DecodePool(settings, decode_fn=decode_fn)
     yield DecodeStep(settings, codec, pool)
     pool.close()
 

@@ -68,6 +68,9 @@ class DecodedClip:
     frames: tuple[np.ndarray, ...]
     timestamps: tuple[float, ...]
     decode_ms: float
+    # Set by pool.decode_to_jpeg: the frames as JPEG (then `frames` is empty) and what that cost.
+    jpeg_frames: tuple[bytes, ...] = ()
+    encode_ms: float = 0.0
 
 
 def analysis_size(width: int, height: int, analysis_height: int) -> tuple[int, int]:
