@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import faust
@@ -63,7 +63,7 @@ class Runtime:
     decode_step: DecodeStep | None = None
     classify_step: ClassifyStep | None = None
     model_loaded: bool = False
-    waiters: dict[bytes, list[asyncio.Future[bytes]]] | None = None
+    waiters: dict[bytes, list[asyncio.Future[bytes]]] = field(default_factory=dict)
 
     async def send(self, outs: list[Out]) -> None:
         """Produce `outs` and wait until Kafka has them, retrying while it is unreachable.
@@ -86,7 +86,7 @@ class Runtime:
                     delay = min(delay * 2, 30.0)
 
     def notify(self, key: bytes, value: bytes) -> None:
-        for future in (self.waiters or {}).pop(key, []):
+        for future in self.waiters.pop(key, []):
             if not future.done():
                 future.set_result(value)
 
@@ -95,7 +95,6 @@ class Runtime:
         if current is not None and is_final(self.codec.decode(current, expect=RESULT)):
             return bytes(current)
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        assert self.waiters is not None
         self.waiters.setdefault(key, []).append(future)
         try:
             return await asyncio.wait_for(future, timeout)
@@ -139,7 +138,7 @@ def create_app(settings: Settings) -> faust.App:
         key_type=bytes,  # bytes means the "raw" serializer: the same key bytes as the topics
         value_type=bytes,
     )
-    runtime = Runtime(settings, app, default_codec(), topics, table, waiters={})
+    runtime = Runtime(settings, app, default_codec(), topics, table)
     app.clipguard = runtime  # type: ignore[attr-defined]
     # Read now, so a wrong policy file stops the worker before it joins the group.
     policies = load_policies(settings.policy_file)

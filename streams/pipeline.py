@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Mapping
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,9 @@ from streams.results import (
     iso_timestamp,
 )
 from streams.settings import Settings
-from streams.stages.frames import encode_frames
+from streams.stages.classify import classify
+from streams.stages.fetch import fetch
+from streams.stages.frames import decode_frames, encode_frames
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,15 @@ def malformed(codec: AvroCodec, origin: Origin, value: bytes, stage: str, exc: C
     )
 
 
+def _video(decoded: Record) -> Record:
+    """The result's `video` object, from a decoded clip message."""
+    return {
+        "videoname": decoded["videoname"],
+        "filesize": decoded["filesize"],
+        "specs": decoded["specs"],
+    }
+
+
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
@@ -146,11 +157,7 @@ class DecodeStep:
         decoded["started_at"] = started_at
         progress = base_result(request, started_at=started_at)
         progress["status"] = {"classify": PENDING, "video": DONE}
-        progress["video"] = {
-            "videoname": decoded["videoname"],
-            "filesize": decoded["filesize"],
-            "specs": decoded["specs"],
-        }
+        progress["video"] = _video(decoded)
         key = request["id"].encode()
         return [
             Out(DECODED_TOPIC, key, self.codec.encode(DECODED, decoded)),
@@ -158,8 +165,6 @@ class DecodeStep:
         ]
 
     async def _fetch_and_decode(self, request: Record, timing: dict[str, float]) -> Record:
-        from streams.stages.fetch import fetch
-
         uri = self._resolve_upload(request["video_uri"], request["id"])
         with tempfile.TemporaryDirectory(prefix="clipguard-fetch-") as scratch:
             start = time.perf_counter()
@@ -177,23 +182,12 @@ class DecodeStep:
                 None, encode_frames, clip.frames, self.settings.jpeg_quality
             )
             timing["encode"] = _ms_since(start)
-        specs = clip.specs
         return {
             "request": request,
             "started_at": "",
             "videoname": clip.videoname,
             "filesize": clip.filesize,
-            "specs": {
-                "width": specs.width,
-                "height": specs.height,
-                "fps": specs.fps,
-                "nframes": specs.nframes,
-                "duration": specs.duration,
-                "original_width": specs.original_width,
-                "original_height": specs.original_height,
-                "original_fps": specs.original_fps,
-                "original_nframes": specs.original_nframes,
-            },
+            "specs": asdict(clip.specs),  # VideoSpecs' fields are the Avro record's fields
             "frames": frames,
             "timestamps": list(clip.timestamps),
             "timing": timing,
@@ -257,18 +251,11 @@ class ClassifyStep:
         result["risk"] = scores.risk
         result["labels"] = list(scores.labels)
         result["scores"] = dict(scores.scores)
-        result["video"] = {
-            "videoname": decoded["videoname"],
-            "filesize": decoded["filesize"],
-            "specs": decoded["specs"],
-        }
+        result["video"] = _video(decoded)
         finish_timing(result, timing)
         return [Out(RESULTS_TOPIC, request["id"].encode(), self.codec.encode(RESULT, result))]
 
     def _classify(self, decoded: Record) -> Any:
-        from streams.stages.classify import classify
-        from streams.stages.frames import decode_frames
-
         frames = decode_frames(decoded["frames"])
         policy = self.policies.for_tenant(decoded["request"]["tenant"])
         return classify(frames, decoded["timestamps"], self.pack, policy)
