@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 from PIL import Image, ImageDraw, ImageFont
 
 from streams.errors import ClipError, ConfigError, ErrorCode
 from streams.settings import PROJECT_ROOT
 from streams.stages import models as M
+from streams.stages.models.base import Signature, TensorSpec, check_graph
 
 IMAGES = Path(__file__).parent / "fixtures" / "images"
 MODELS_DIR = PROJECT_ROOT / "models"
@@ -135,12 +139,14 @@ def test_a_frame_that_is_not_rgb_uint8_is_an_inference_error(pack: M.ModelPack) 
 
 class FailingSession:
     def run(self, *args: object) -> None:
-        raise M.ort_state.Fail("simulated kernel failure")
+        raise ort_state.Fail("simulated kernel failure")
 
 
 def test_an_onnxruntime_failure_is_an_inference_error(pack: M.ModelPack) -> None:
     sessions = {role: FailingSession() for role in M.MODEL_ROLES}
-    broken = M.ModelPack("p", "1", sessions, [])  # type: ignore[arg-type]
+    broken = M.ModelPack(
+        "p", "1", sessions, detector=pack.detector, imagenet=pack.imagenet, text=pack.text
+    )
     with pytest.raises(ClipError) as caught:
         broken.analyse([image("chelsea")])
     assert caught.value.code == ErrorCode.INFERENCE_FAILED
@@ -199,6 +205,150 @@ def test_a_manifest_without_a_model_role_is_refused(pack_copy: Path) -> None:
     (pack_copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ConfigError, match=r"lacks .*\['text'\]"):
         M.ModelPack.load(pack_copy, threads=1)
+
+
+def test_the_models_take_their_tensor_names_from_the_manifest(pack: M.ModelPack) -> None:
+    manifest = json.loads((MODELS_DIR / "manifest.json").read_text())
+    for role in M.MODEL_ROLES:
+        entry = manifest["models"][role]
+        model = getattr(pack, role)
+        assert model.role == role
+        assert model.input_names == [t["name"] for t in entry["inputs"]], role
+        assert model.output_names == [t["name"] for t in entry["outputs"]], role
+        session = pack._sessions[role]
+        assert [i.name for i in session.get_inputs()] == model.input_names, role
+        assert [o.name for o in session.get_outputs()] == model.output_names, role
+
+
+def rewrite_manifest(models_dir: Path, change: Callable[[dict[str, Any]], object]) -> None:
+    path = models_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest["models"])
+    path.write_text(json.dumps(manifest))
+
+
+def set_at(path: tuple[str | int, ...], value: object) -> Callable[[dict[str, Any]], None]:
+    def change(models: dict[str, Any]) -> None:
+        node: Any = models
+        for step in path[:-1]:
+            node = node[step]
+        node[path[-1]] = value
+
+    return change
+
+
+DETECTOR = r"manifest\.json: detector \(ssd_mobilenet_v2_coco\.onnx\)"
+IMAGENET = r"manifest\.json: imagenet \(efficientnet_lite3_int8\.onnx\)"
+TEXT = r"manifest\.json: text \(ppocrv4_det\.onnx\)"
+
+
+def swap_detector_outputs(models: dict[str, Any]) -> None:
+    outputs = models["detector"]["outputs"]
+    outputs[1], outputs[2] = outputs[2], outputs[1]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            set_at(("detector", "inputs", 0, "name"), "image:0"),
+            DETECTOR + r" input 'image:0': the graph has 'image_tensor:0' instead",
+        ),
+        (
+            set_at(("text", "outputs", 0, "name"), "sigmoid"),
+            TEXT + r" output 'sigmoid': the graph has 'sigmoid_0\.tmp_0' instead",
+        ),
+        (
+            swap_detector_outputs,
+            DETECTOR + r" output 'detection_classes:0': the graph has 'detection_scores:0' instead",
+        ),
+        (
+            set_at(("imagenet", "inputs", 0, "shape", 1), 300),
+            IMAGENET
+            + r" input 'images' shape dimension 1: the manifest says 300, the graph has 280",
+        ),
+        (
+            set_at(("imagenet", "outputs", 0, "shape", 1), 1001),
+            IMAGENET
+            + r" output 'probs' shape dimension 1: the manifest says 1001, the graph has 1000",
+        ),
+        (
+            set_at(("imagenet", "inputs", 0, "shape", 2), "W"),
+            IMAGENET + r" input 'images' shape dimension 2: the manifest says 'W' \(any size\), "
+            r"the graph fixes it at 280",
+        ),
+        (
+            set_at(("text", "inputs", 0, "shape"), ["N", 3, "H"]),
+            TEXT + r" input 'x' shape: the manifest says \[N, 3, H\], the graph has \[",
+        ),
+        (
+            set_at(("text", "outputs", 0, "dtype"), "float16"),
+            TEXT + r" output 'sigmoid_0\.tmp_0' dtype: the manifest says float16, the graph has "
+            r"float32",
+        ),
+    ],
+    ids=[
+        "input-name",
+        "output-name",
+        "output-order",
+        "input-dimension",
+        "output-dimension",
+        "open-dimension-fixed-by-the-graph",
+        "rank",
+        "dtype",
+    ],
+)
+def test_a_manifest_that_does_not_match_the_graph_is_refused(
+    pack_copy: Path, change: Callable[[dict[str, Any]], object], message: str
+) -> None:
+    rewrite_manifest(pack_copy, change)
+    with pytest.raises(ConfigError, match=message):
+        M.ModelPack.load(pack_copy, threads=1)
+
+
+def test_a_manifest_that_does_not_match_the_code_is_refused(pack_copy: Path) -> None:
+    rewrite_manifest(pack_copy, set_at(("imagenet", "inputs", 0, "dtype"), "float32"))
+    with pytest.raises(
+        ConfigError, match=IMAGENET + r" input 'images' dtype: the manifest says float32, the code"
+    ):
+        M.ModelPack.load(pack_copy, threads=1)
+    rewrite_manifest(pack_copy, set_at(("imagenet", "inputs", 0, "dtype"), "uint8"))
+    rewrite_manifest(pack_copy, lambda models: models["detector"]["outputs"].pop())
+    with pytest.raises(ConfigError, match=DETECTOR + r" lists 3 outputs, the code reads 4"):
+        M.ModelPack.load(pack_copy, threads=1)
+
+
+@pytest.mark.parametrize("field", ["inputs", "outputs"])
+def test_a_manifest_entry_without_inputs_or_outputs_names_the_role(
+    pack_copy: Path, field: str
+) -> None:
+    rewrite_manifest(pack_copy, lambda models: models["text"].pop(field))
+    with pytest.raises(ConfigError, match=TEXT + f" has no '{field}' list"):
+        M.ModelPack.load(pack_copy, threads=1)
+    rewrite_manifest(pack_copy, set_at(("text", field), []))
+    with pytest.raises(ConfigError, match=TEXT + f" has no '{field}' list"):
+        M.ModelPack.load(pack_copy, threads=1)
+
+
+def test_a_graph_with_more_outputs_than_the_manifest_lists_is_refused() -> None:
+    class Node:
+        def __init__(self, name: str) -> None:
+            self.name, self.type, self.shape = name, "tensor(float)", ["N"]
+
+    class Graph:
+        def get_inputs(self) -> list[Node]:
+            return [Node("x")]
+
+        def get_outputs(self) -> list[Node]:
+            return [Node("a"), Node("b")]
+
+    signature = Signature((TensorSpec("x"),), (TensorSpec("a"),))
+    with pytest.raises(
+        ConfigError,
+        match=r"^m: text \(t\.onnx\) outputs: the manifest lists 1 \('a'\), "
+        r"the graph has 2 \('a', 'b'\)$",
+    ):
+        check_graph(Graph(), signature, "m: text (t.onnx)")
 
 
 def test_committed_files_match_the_manifest() -> None:
