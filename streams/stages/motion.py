@@ -160,7 +160,8 @@ def _shrink(frame: np.ndarray) -> np.ndarray:
     factor = max(1, -(-height // ANALYSIS_HEIGHT))
     h, w = height // factor, width // factor
     blocks = frame[: h * factor, : w * factor, :3].astype(np.float32)
-    return blocks.reshape(h, factor, w, factor, 3).mean(axis=(1, 3))
+    out: np.ndarray = blocks.reshape(h, factor, w, factor, 3).mean(axis=(1, 3))
+    return out
 
 
 def _phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -60,8 +60,10 @@ _FILE_KEYS = frozenset({"default", "tenants"})
 
 @dataclass(frozen=True)
 class Policy:
-    thresholds: Mapping[str, float] = DEFAULT_THRESHOLDS
-    uncertain: Mapping[str, float] = DEFAULT_UNCERTAIN
+    # default_factory: before 3.12 a MappingProxyType is unhashable, so dataclasses would refuse
+    # it as a "mutable default".
+    thresholds: Mapping[str, float] = field(default_factory=lambda: DEFAULT_THRESHOLDS)
+    uncertain: Mapping[str, float] = field(default_factory=lambda: DEFAULT_UNCERTAIN)
     intrusion_labels: frozenset[str] = frozenset({"person", "vehicule"})
     danger_labels: frozenset[str] = frozenset({"animal"})
 
