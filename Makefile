@@ -7,7 +7,7 @@ bootstrap:
 	@bash dev/bootstrap.sh
 
 jars: bootstrap
-	@$(PY) -c "from streams.broker import Broker; Broker.ensure_jars()"
+	@$(PY) -c "from devtools.broker import Broker; Broker.ensure_jars()"
 
 run: jars
 	$(PY) -m streams.cli run
@@ -25,8 +25,8 @@ bench: jars
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: bootstrap
-	$(PY) -m ruff check streams api tests bench eval
-	$(PY) -m ruff format --check streams api
+	$(PY) -m ruff check streams api devtools tests bench eval
+	$(PY) -m ruff format --check streams api devtools
 	$(PY) -m mypy
 
 clean:

@@ -2,7 +2,8 @@
 
 Keys live in a JSON file (settings.api_keys_file):
     {"keys": [{"key": "cg_...", "tenant": "acme"}, ...]}
-Only SHA-256 digests are kept in memory, and comparisons are constant-time.
+Only SHA-256 digests are kept in memory, and comparisons are constant-time. `auth_middleware`
+checks the key of every `/api` request (but the OpenAPI document) and puts the tenant on it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import hmac
 import json
 import re
 import secrets
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from aiohttp import web
+
+from api.errors import UNAUTHORIZED, HttpError
 from streams.errors import ConfigError
 
 TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -78,3 +83,26 @@ def add_key(path: Path, tenant: str) -> str:
     path.write_text(json.dumps(doc, indent=2) + "\n")
     path.chmod(0o600)
     return key
+
+
+KEYS = web.AppKey("clipguard_keys", ApiKeys)
+TENANT = web.RequestKey("clipguard_tenant", str)
+PUBLIC_PATHS = frozenset({"/api/openapi.yaml"})
+
+
+def _presented_key(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
+    return key or request.headers.get("X-API-Key")
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    if request.path.startswith("/api/") and request.path not in PUBLIC_PATHS:
+        tenant = request.app[KEYS].tenant_of(_presented_key(request))
+        if tenant is None:
+            raise HttpError(UNAUTHORIZED, "a valid API key is required (Authorization: Bearer KEY)")
+        request[TENANT] = tenant
+    return await handler(request)

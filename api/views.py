@@ -1,8 +1,9 @@
 """HTTP API: POST /api/classify, GET /api/result/{id}, /health, /ready.
 
-The views are plain aiohttp handlers over a `ClipService` (the running worker, see
-streams/app.py `FaustClipService`). `install()` adds them to an aiohttp Application: Faust's own
-web server in a worker, or a bare Application in tests.
+The views are plain aiohttp handlers over a `ClipService` (the running worker: see
+streams/service.py `WorkerService`). `install()` adds them, with the error and authentication
+middlewares, to an aiohttp Application: Faust's own web server in a worker (streams/wiring.py),
+or a bare Application in tests. Errors are raised as `api.errors.HttpError`, never built here.
 """
 
 from __future__ import annotations
@@ -16,10 +17,22 @@ from typing import Any, Protocol
 
 from aiohttp import BodyPartReader, ClientError, ClientTimeout, web
 from aiohttp.http_exceptions import HttpProcessingError
-from aiokafka.errors import KafkaError
 
-from api.auth import ApiKeys
-from streams.codec import AvroCodec, Record
+from api.auth import KEYS, TENANT, ApiKeys, auth_middleware
+from api.errors import (
+    FORBIDDEN,
+    INVALID,
+    NOT_FOUND,
+    OWNER_UNAVAILABLE,
+    TIMEOUT,
+    TOO_LARGE,
+    UNAVAILABLE,
+    UNSUPPORTED_MEDIA_TYPE,
+    HttpError,
+    error_middleware,
+)
+from streams.errors import QueueUnavailable
+from streams.records import ClassificationResult, ClipRequest
 from streams.results import (
     PENDING,
     base_result,
@@ -29,12 +42,12 @@ from streams.results import (
     result_from_json,
 )
 from streams.settings import Settings
+from streams.stages.uploads import Upload, UploadStore
 
 log = logging.getLogger(__name__)
 
 ID_PATTERN = re.compile(r"[0-9a-f]{24}")
 FORWARDED = "X-ClipGuard-Forwarded"
-VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".avi", ".m4v", ".ts", ".webm", ".mpg", ".mpeg", ".3gp"}
 OPTIONAL_TEXT = ("camera_id", "parent_id", "videoname")
 # file:// is for trusted producers on the requests topic only: over HTTP it would let one tenant
 # name another tenant's upload (the upload store is under a media root).
@@ -43,37 +56,32 @@ REMOTE_POLL_S = 0.1
 
 
 class ClipService(Protocol):
+    """What the views need from the running worker (streams/service.py `WorkerService`)."""
+
     @property
     def settings(self) -> Settings: ...
     @property
-    def codec(self) -> AvroCodec: ...
-    @property
     def http(self) -> Any: ...  # an aiohttp ClientSession, to reach other workers
 
-    async def submit(self, request: Record, pending: Record) -> None: ...
+    async def submit(self, request: ClipRequest, pending: ClassificationResult) -> None:
+        """Returns once the clip is durably queued; QueueUnavailable when it cannot be."""
+        ...
+
     def owner_url(self, clip_id: str) -> str | None: ...
-    def local(self, clip_id: str) -> Record | None: ...
-    async def wait_local(self, clip_id: str, timeout: float) -> Record | None: ...
+    def local(self, clip_id: str) -> ClassificationResult | None: ...
+    async def wait_local(self, clip_id: str, timeout: float) -> ClassificationResult | None: ...
     def readiness(self) -> dict[str, bool]: ...
 
 
 SERVICE = web.AppKey("clipguard_service", ClipService)
-KEYS = web.AppKey("clipguard_keys", ApiKeys)
-
-
-def error(http_status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": code, "message": message, **extra}, status=http_status)
-
-
-class BadRequest(Exception):
-    def __init__(self, field: str, message: str, status: int = 400) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message, self.status = field, message, status
+UPLOADS = web.AppKey("clipguard_uploads", UploadStore)
 
 
 def install(app: web.Application, service: ClipService, settings: Settings) -> None:
     app[SERVICE] = service
     app[KEYS] = ApiKeys.load(settings.api_keys_file)
+    app[UPLOADS] = UploadStore(settings.upload_dir)
+    app.middlewares.extend([error_middleware, auth_middleware])  # the first is the outermost
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_post("/api/classify", classify)
@@ -81,15 +89,8 @@ def install(app: web.Application, service: ClipService, settings: Settings) -> N
     app.router.add_get("/api/openapi.yaml", openapi)
 
 
-def _tenant(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    key = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else None
-    key = key or request.headers.get("X-API-Key")
-    return request.app[KEYS].tenant_of(key)
-
-
-def _unauthorized() -> web.Response:
-    return error(401, "unauthorized", "a valid API key is required (Authorization: Bearer KEY)")
+def invalid(field: str, message: str) -> HttpError:
+    return HttpError(INVALID, message, field=field)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -107,20 +108,18 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 
 
 async def get_result(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
-    if tenant is None:
-        return _unauthorized()
+    tenant = request[TENANT]
     clip_id = request.match_info["id"]
     service = request.app[SERVICE]
-    not_found = error(404, "not_found", f"no result with id {clip_id}")
+    not_found = HttpError(NOT_FOUND, f"no result with id {clip_id}")
     if not ID_PATTERN.fullmatch(clip_id):
-        return not_found
+        raise not_found
     owner = None if FORWARDED in request.headers else service.owner_url(clip_id)
     if owner is not None:
         return await _forward(service, owner, request)
     record = service.local(clip_id)
     if record is None or record["tenant"] != tenant:  # another tenant's id looks unknown
-        return not_found
+        raise not_found
     return web.json_response(render_result(record))
 
 
@@ -135,65 +134,44 @@ async def _forward(service: ClipService, owner: str, request: web.Request) -> we
             return web.Response(body=body, status=response.status, content_type="application/json")
     except (ClientError, TimeoutError) as exc:
         log.warning("owner %s of %s did not answer: %s", owner, request.rel_url.path, exc)
-        return error(
-            503, "owner_unavailable", "the worker holding this result did not answer; retry"
-        )
+        raise HttpError(OWNER_UNAVAILABLE, OWNER_UNAVAILABLE.meaning) from exc
 
 
 async def classify(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
-    if tenant is None:
-        return _unauthorized()
+    tenant = request[TENANT]
     service = request.app[SERVICE]
     settings = service.settings
     if request.content_length is not None and request.content_length > settings.max_upload_bytes:
-        return error(413, "too_large", f"body over the limit of {settings.max_upload_bytes} bytes")
+        raise HttpError(TOO_LARGE, f"body over the limit of {settings.max_upload_bytes} bytes")
     unknown = set(request.query) - {"sync"}
     if unknown:
-        return error(400, "invalid", "unknown query parameter", field=sorted(unknown)[0])
+        raise invalid(sorted(unknown)[0], "unknown query parameter")
     sync = request.query.get("sync", "false")
     if sync not in ("true", "false"):
-        return error(400, "invalid", "sync must be true or false", field="sync")
-    sync_wanted = sync == "true"
+        raise invalid("sync", "sync must be true or false")
     clip_id = new_clip_id()
-    stored: list[Path] = []  # the upload, to remove again if the request is refused
+    stored: list[Upload] = []  # the upload, to remove again if the request is refused
     try:
-        if request.content_type == "multipart/form-data":
-            try:
-                fields, uri = await _read_multipart(request, settings, clip_id, stored)
-            except (ValueError, HttpProcessingError) as exc:  # aiohttp: a malformed body
-                raise BadRequest("body", f"malformed multipart body: {exc}") from exc
-        elif request.content_type == "application/json":
-            fields, uri = await _read_json(request)
-        else:
-            return error(
-                415,
-                "unsupported_media_type",
-                "send multipart/form-data (a video file) or application/json (video_url)",
-            )
+        fields, uri = await _read_body(request, clip_id, stored)
         clip = _clip_request(clip_id, tenant, fields, uri)
-    except BadRequest as exc:
-        _remove(stored)
-        status = exc.status
-        code = "too_large" if status == 413 else "forbidden" if status == 403 else "invalid"
-        return error(status, code, exc.message, field=exc.field)
-    pending = base_result(clip, started_at="")
-    try:
+        pending = base_result(clip, started_at="")
         await service.submit(clip, pending)
-    except (KafkaError, TimeoutError) as exc:
-        _remove(stored)
+    except QueueUnavailable as exc:
+        _discard(request, stored)
         log.error("could not queue clip %s: %s", clip_id, exc)
-        return error(503, "unavailable", "the clip could not be queued (Kafka); retry")
+        raise HttpError(UNAVAILABLE, UNAVAILABLE.meaning) from exc
+    except HttpError:
+        _discard(request, stored)
+        raise
     poll = f"/api/result/{clip_id}"
-    if not sync_wanted:
+    if sync == "false":
         return web.json_response(
             {"id": clip_id, "status": pending["status"], "poll": poll}, status=202
         )
     record = await _wait(service, request, clip_id)
     if record is None:
-        return error(
-            504,
-            "timeout",
+        raise HttpError(
+            TIMEOUT,
             f"no result within {settings.sync_timeout_s} s; poll {poll}",
             id=clip_id,
             poll=poll,
@@ -202,7 +180,30 @@ async def classify(request: web.Request) -> web.Response:
     return web.json_response(render_result(record))
 
 
-async def _wait(service: ClipService, request: web.Request, clip_id: str) -> Record | None:
+async def _read_body(
+    request: web.Request, clip_id: str, stored: list[Upload]
+) -> tuple[dict[str, Any], str]:
+    if request.content_type == "multipart/form-data":
+        try:
+            return await _read_multipart(request, clip_id, stored)
+        except (ValueError, HttpProcessingError) as exc:  # aiohttp: a malformed body
+            raise invalid("body", f"malformed multipart body: {exc}") from exc
+    if request.content_type == "application/json":
+        return await _read_json(request)
+    raise HttpError(
+        UNSUPPORTED_MEDIA_TYPE,
+        "send multipart/form-data (a video file) or application/json (video_url)",
+    )
+
+
+def _discard(request: web.Request, stored: list[Upload]) -> None:
+    for upload in stored:
+        request.app[UPLOADS].discard(upload)
+
+
+async def _wait(
+    service: ClipService, request: web.Request, clip_id: str
+) -> ClassificationResult | None:
     """Wait for the final result: locally when this worker owns the id, else by polling the owner.
 
     Ownership can move during a rebalance, so it is checked again after each slice of waiting.
@@ -225,7 +226,7 @@ async def _wait(service: ClipService, request: web.Request, clip_id: str) -> Rec
 
 async def _poll_owner(
     service: ClipService, owner: str, request: web.Request, clip_id: str
-) -> Record | None:
+) -> ClassificationResult | None:
     headers = _forward_headers(request)
     try:
         async with service.http.get(
@@ -250,117 +251,109 @@ async def _read_json(request: web.Request) -> tuple[dict[str, Any], str]:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest("body", f"not valid JSON: {exc}") from exc
+        raise invalid("body", f"not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
-        raise BadRequest("body", "must be a JSON object")
+        raise invalid("body", "must be a JSON object")
     unknown = set(body) - {"tenant", "video_url", "metadata", "analyse_id", *OPTIONAL_TEXT}
     if unknown:
-        raise BadRequest(sorted(unknown)[0], "unknown field")
+        raise invalid(sorted(unknown)[0], "unknown field")
     url = body.get("video_url")
     if not isinstance(url, str) or not url.startswith(ALLOWED_URL_SCHEMES):
-        raise BadRequest("video_url", "required: an http:// or https:// URL")
+        raise invalid("video_url", "required: an http:// or https:// URL")
     if len(url) > 2048:
-        raise BadRequest("video_url", "longer than 2048 characters")
+        raise invalid("video_url", "longer than 2048 characters")
     for name in ("tenant", *OPTIONAL_TEXT):
         if name in body and not isinstance(body[name], str):
-            raise BadRequest(name, "must be a string")
+            raise invalid(name, "must be a string")
     analyse_id = body.get("analyse_id", 0)
     if not isinstance(analyse_id, int) or isinstance(analyse_id, bool):
-        raise BadRequest("analyse_id", "must be an integer")
+        raise invalid("analyse_id", "must be an integer")
     return body, url
 
 
 async def _read_multipart(
-    request: web.Request, settings: Settings, clip_id: str, stored: list[Path]
+    request: web.Request, clip_id: str, stored: list[Upload]
 ) -> tuple[dict[str, Any], str]:
     reader = await request.multipart()
     fields: dict[str, Any] = {}
     uri = None
     while (part := await reader.next()) is not None:
         if not isinstance(part, BodyPartReader) or part.name is None:
-            raise BadRequest("body", "nested multipart is not supported")
+            raise invalid("body", "nested multipart is not supported")
         if part.filename is not None:
             if part.name not in ("video", "file"):
-                raise BadRequest(part.name, "unexpected file field (send the clip as 'video')")
+                raise invalid(part.name, "unexpected file field (send the clip as 'video')")
             if uri is not None:
-                raise BadRequest(part.name, "only one video per request")
-            uri, size = await _store_upload(part, settings, clip_id, stored)
+                raise invalid(part.name, "only one video per request")
+            uri, size = await _store_upload(request, part, clip_id, stored)
             fields["videoname"] = fields.get("videoname") or Path(part.filename).name[:255]
             fields["filesize"] = size
         else:
             if part.name not in ("tenant", "metadata", "analyse_id", *OPTIONAL_TEXT):
-                raise BadRequest(part.name, "unknown field")
+                raise invalid(part.name, "unknown field")
             fields[part.name] = (await part.read(decode=True)).decode("utf-8", "replace")
     if uri is None:
-        raise BadRequest("video", "required: the clip as a file field named 'video'")
+        raise invalid("video", "required: the clip as a file field named 'video'")
     if "metadata" in fields:
         try:
             fields["metadata"] = json.loads(fields["metadata"])
         except json.JSONDecodeError as exc:
-            raise BadRequest("metadata", f"not valid JSON: {exc}") from exc
+            raise invalid("metadata", f"not valid JSON: {exc}") from exc
     return fields, uri
 
 
 async def _store_upload(
-    part: BodyPartReader, settings: Settings, clip_id: str, stored: list[Path]
+    request: web.Request, part: BodyPartReader, clip_id: str, stored: list[Upload]
 ) -> tuple[str, int]:
-    suffix = Path(part.filename or "").suffix.lower()
-    name = clip_id + (suffix if suffix in VIDEO_EXTENSIONS else "")
-    settings.upload_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.upload_dir / name
-    stored.append(path)
+    limit = request.app[SERVICE].settings.max_upload_bytes
+    store = request.app[UPLOADS]
+    upload = store.new(clip_id, part.filename or "")
+    stored.append(upload)
     size = 0
     try:
-        with path.open("wb") as out:
+        with upload.path.open("wb") as out:
             while chunk := await part.read_chunk(256 * 1024):
                 size += len(chunk)
-                if size > settings.max_upload_bytes:
-                    raise BadRequest(
-                        "video", f"over the limit of {settings.max_upload_bytes} bytes", 413
-                    )
+                if size > limit:
+                    raise HttpError(TOO_LARGE, f"over the limit of {limit} bytes", field="video")
                 out.write(chunk)
     except BaseException:
-        path.unlink(missing_ok=True)
+        store.discard(upload)
         raise
     if size == 0:
-        path.unlink(missing_ok=True)
-        raise BadRequest("video", "the file is empty")
-    return f"upload://{name}", size
+        store.discard(upload)
+        raise invalid("video", "the file is empty")
+    return upload.uri, size
 
 
-def _remove(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-
-
-def _clip_request(clip_id: str, tenant: str, fields: dict[str, Any], uri: str) -> Record:
+def _clip_request(clip_id: str, tenant: str, fields: dict[str, Any], uri: str) -> ClipRequest:
     body_tenant = fields.get("tenant")
     if body_tenant is not None and body_tenant != tenant:
-        raise BadRequest("tenant", "does not match the API key's tenant", 403)
+        raise HttpError(FORBIDDEN, "does not match the API key's tenant", field="tenant")
     metadata = fields.get("metadata", {})
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
     ):
-        raise BadRequest("metadata", "must be a JSON object of strings")
+        raise invalid("metadata", "must be a JSON object of strings")
     if len(metadata) > 64 or any(len(v) > 200 for v in metadata.values()):
-        raise BadRequest("metadata", "at most 64 entries of at most 200 characters each")
+        raise invalid("metadata", "at most 64 entries of at most 200 characters each")
     if len(json.dumps(metadata)) > 16 * 1024:
-        raise BadRequest("metadata", "larger than 16 KiB")
+        raise invalid("metadata", "larger than 16 KiB")
     try:
         analyse_id = int(fields.get("analyse_id", 0))
     except (TypeError, ValueError) as exc:
-        raise BadRequest("analyse_id", "must be an integer") from exc
+        raise invalid("analyse_id", "must be an integer") from exc
     if not 0 <= analyse_id < 2**63:
-        raise BadRequest("analyse_id", "must be between 0 and 2^63-1")
+        raise invalid("analyse_id", "must be between 0 and 2^63-1")
     text = {}
     for name in OPTIONAL_TEXT:
         value = fields.get(name, "")
         if not isinstance(value, str) or len(value) > 255:
-            raise BadRequest(name, "must be a string of at most 255 characters")
+            raise invalid(name, "must be a string of at most 255 characters")
         text[name] = value
     parent = text["parent_id"] or "0" * 24
     if not ID_PATTERN.fullmatch(parent):
-        raise BadRequest("parent_id", "must be 24 lowercase hex characters")
+        raise invalid("parent_id", "must be 24 lowercase hex characters")
     return {
         "id": clip_id,
         "tenant": tenant,

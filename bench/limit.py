@@ -106,7 +106,7 @@ class Stages:
         from streams.stages.classify import aggregate
         from streams.stages.decode import decode
         from streams.stages.fetch import fetch
-        from streams.stages.frames import decode_frames, encode_frames
+        from streams.stages.frames import from_jpeg, to_jpeg
         from streams.stages.motion import motion_stats
 
         timing = ClipTiming(path.name, 0)
@@ -136,9 +136,9 @@ class Stages:
                 timing.ms[f"model:{role}"] = total - models_before.get(role, 0.0)
         if handoff:
             with _stage(timing, "jpeg_encode"):
-                jpegs = encode_frames(clip.frames, self.settings.jpeg_quality)
+                jpegs = to_jpeg(clip.frames, self.settings.jpeg_quality)
             with _stage(timing, "jpeg_decode"):
-                decode_frames(jpegs)
+                from_jpeg(jpegs)
             timing.ms["jpeg_kib"] = sum(len(j) for j in jpegs) / 1024
         return timing
 

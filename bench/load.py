@@ -18,13 +18,14 @@ from typing import Any
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.codec import REQUEST, RESULT, Record, default_codec
+from streams.codec import REQUEST, RESULT, default_codec
+from streams.records import ClipRequest
 from streams.results import iso_timestamp, new_clip_id
 
 codec = default_codec()
 
 
-def clip_request(uri: str, tenant: str = "bench") -> Record:
+def clip_request(uri: str, tenant: str = "bench") -> ClipRequest:
     return {
         "id": new_clip_id(),
         "tenant": tenant,
@@ -107,7 +108,7 @@ class ResultWatcher:
 
 def _arrival(now: float, value: bytes) -> Arrival:
     try:
-        record = codec.decode(value, expect=RESULT)
+        record = codec.parse(value, expect=RESULT)
     except Exception as exc:  # counted as a failed clip, never silently dropped
         return Arrival(now, False, error=f"undecodable result: {exc}")
     ok = record["status"]["classify"] == "done"
@@ -138,7 +139,7 @@ class Requester:
             key = request["id"].encode()
             sent[key] = time.monotonic()
             deliveries.append(
-                await self._producer.send(self.topic, codec.encode(REQUEST, request), key=key)
+                await self._producer.send(self.topic, codec.serialize(REQUEST, request), key=key)
             )
         await asyncio.gather(*deliveries)
         return sent
@@ -157,7 +158,7 @@ class Requester:
             key = request["id"].encode()
             sent[key] = scheduled
             deliveries.append(
-                await self._producer.send(self.topic, codec.encode(REQUEST, request), key=key)
+                await self._producer.send(self.topic, codec.serialize(REQUEST, request), key=key)
             )
             progress(index + 1)
         await asyncio.gather(*deliveries)

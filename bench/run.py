@@ -29,9 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import limit as limit_mod
-from bench.cluster import WorkerProcess, free_ports, wait_ready, worker_env
 from bench.load import Requester, ResultWatcher, outcome, sync_clients
-from bench.procs import cpu_seconds, load_average, machine_info, tree_cpu_seconds, tree_memory
 from bench.progress import Progress, note
 from bench.stats import (
     latency_row,
@@ -42,6 +40,8 @@ from bench.stats import (
     table,
     throughput_verdict,
 )
+from devtools.cluster import WorkerProcess, free_ports, wait_ready, worker_env
+from devtools.procs import cpu_seconds, load_average, machine_info, tree_cpu_seconds, tree_memory
 from streams.settings import PROJECT_ROOT, Settings
 
 OUT_DIR = PROJECT_ROOT / "bench" / "out"
@@ -154,7 +154,7 @@ class Deployment:
     """The broker and workers of this run; `close()` stops whatever was started."""
 
     def __init__(self, workdir: Path) -> None:
-        from streams.broker import Broker
+        from devtools.broker import Broker
 
         self.workdir = workdir
         port, controller_port = free_ports(2)

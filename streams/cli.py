@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
+import importlib
 import sys
+from types import ModuleType
 
-from streams.errors import ClipGuardError
-from streams.settings import PROJECT_ROOT, Settings
-
-DEV_TENANT = "dev"
+from streams.errors import ClipGuardError, ConfigError
+from streams.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,67 +34,30 @@ def _main(argv: list[str]) -> int:
     keys.add_argument("tenant")
     args, rest = parser.parse_known_args(argv)
 
-    if args.command == "broker":
-        from streams.broker import cli
-
-        return cli(rest)
+    if args.command == "broker":  # development tooling, not part of a worker
+        return int(_devtools("broker").cli(rest))
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     settings = Settings.from_env()
-    if args.command == "keys":
-        from api.auth import add_key
-
-        print(add_key(settings.api_keys_file, args.tenant))
-        return 0
     if args.command == "run":
-        return _run(settings)
-    return _worker(settings)
+        return int(_devtools("run").run(settings))
+    from streams.wiring import add_api_key, run_worker
+
+    if args.command == "keys":
+        print(add_api_key(settings.api_keys_file, args.tenant))
+        return 0
+    return run_worker(settings)
 
 
-def _worker(settings: Settings) -> int:
-    import faust
-
-    from streams.app import create_app
-    from streams.topics import ensure_topics
-
-    logging.basicConfig(level=logging.INFO)
-    app = create_app(settings)  # configuration mistakes surface here, before Kafka is touched
-    asyncio.run(ensure_topics(settings))
-    worker = faust.Worker(app, loglevel="INFO")
-    worker.execute_from_commandline()
-    return 0
-
-
-def _run(settings: Settings) -> int:
-    from api.auth import add_key
-    from streams.broker import Broker
-
-    host, _, port = settings.kafka_bootstrap.rpartition(":")
-    if host in ("127.0.0.1", "localhost", ""):
-        broker = Broker(PROJECT_ROOT / ".clipguard" / "kafka", port=int(port))
-        print(
-            f"Kafka broker: {broker.start()} (data in {broker.data_dir}; "
-            "stop: clipguard broker stop)"
-        )
-    else:  # an existing cluster: nothing to start
-        print(f"Kafka: using {settings.kafka_bootstrap} (CLIPGUARD_KAFKA_BOOTSTRAP)")
-    for path in (settings.upload_dir, *settings.media_roots):
-        path.mkdir(parents=True, exist_ok=True)
-    key_note = ""
-    if not settings.api_keys_file.exists():
-        key = add_key(settings.api_keys_file, DEV_TENANT)
-        key_note = f"Created a development API key for tenant '{DEV_TENANT}': {key}\n"
-    else:
-        key = "<a key from " + str(settings.api_keys_file) + ">"
-    base = f"http://{settings.web_host}:{settings.web_port}"
-    clip = PROJECT_ROOT / "tests" / "fixtures" / "clips" / "people_h264.mp4"
-    print(
-        f"{key_note}API: {base}  (keys in {settings.api_keys_file})\n"
-        f"Try:\n  curl -s -H 'Authorization: Bearer {key}' -F video=@{clip} "
-        f"'{base}/api/classify?sync=true'\n",
-        flush=True,
-    )
-    return _worker(settings)
+def _devtools(name: str) -> ModuleType:
+    """A module of the development tooling of a checkout (devtools/), which images do not ship."""
+    try:
+        return importlib.import_module(f"devtools.{name}")
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            "`clipguard run` and `clipguard broker` are development commands: run them from a "
+            f"ClipGuard checkout (make run), not from a worker image ({exc})"
+        ) from exc
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Avro codec for every ClipGuard topic.
 
 `schemas/*.avsc` is the only definition of each message; this module parses them once and
-encodes records (plain dicts) as Avro single-object encoding: the marker ``C3 01``, the 8-byte
+serializes records (plain dicts, typed in streams/records.py) as Avro single-object encoding:
+the marker ``C3 01``, the 8-byte
 little-endian CRC-64-AVRO fingerprint of the schema's parsing canonical form, then the schemaless
 Avro body. A consumer in any language finds the writer's schema in `schemas/` by fingerprint.
 
@@ -16,21 +17,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import fastavro
 import fastavro.schema
 
 from streams.errors import CodecError
+from streams.records import ClassificationResult, ClipRequest, DeadLetter, DecodedClip
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
 
-REQUEST = "clipguard.ClipRequest"
-DECODED = "clipguard.DecodedClip"
-RESULT = "clipguard.ClassificationResult"
-DEAD_LETTER = "clipguard.DeadLetter"
+R = TypeVar("R")
 
-Record = dict[str, Any]
+
+@dataclass(frozen=True)
+class RecordType(Generic[R]):
+    """An Avro record's full name, tied to its Python type so `parse` returns that type."""
+
+    name: str
+
+
+REQUEST = RecordType[ClipRequest]("clipguard.ClipRequest")
+DECODED = RecordType[DecodedClip]("clipguard.DecodedClip")
+RESULT = RecordType[ClassificationResult]("clipguard.ClassificationResult")
+DEAD_LETTER = RecordType[DeadLetter]("clipguard.DeadLetter")
+RECORD_TYPES = (REQUEST, DECODED, RESULT, DEAD_LETTER)
 
 
 @dataclass(frozen=True)
@@ -90,21 +101,22 @@ class AvroCodec:
         self.framing = framing or SingleObjectFraming()
         self._by_fingerprint = {s.fingerprint: s for s in self.schemas.values()}
 
-    def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
-        schema = self.schemas.get(name)
+    def serialize(self, kind: RecordType[R], record: R) -> bytes:
+        schema = self.schemas.get(kind.name)
         if schema is None:
-            raise CodecError(f"no schema named {name}; known: {sorted(self.schemas)}")
+            raise CodecError(f"no schema named {kind.name}; known: {sorted(self.schemas)}")
         buf = io.BytesIO()
         try:
             fastavro.schemaless_writer(buf, schema.parsed, record, strict=True)
         except Exception as exc:  # ValueError, TypeError, KeyError... from fastavro
-            raise CodecError(f"record does not match {name}: {exc}") from exc
+            raise CodecError(f"record does not match {kind.name}: {exc}") from exc
         return self.framing.frame(schema, buf.getvalue())
 
-    def decode(self, data: bytes, expect: str | None = None) -> Record:
+    def parse(self, data: bytes, expect: RecordType[R]) -> R:
+        """The record in `data`, which must have been written with `expect`'s schema."""
         schema, start = self.framing.unframe(data, self._by_fingerprint)
-        if expect is not None and schema.name != expect:
-            raise CodecError(f"expected a {expect} message, got a {schema.name}")
+        if schema.name != expect.name:
+            raise CodecError(f"expected a {expect.name} message, got a {schema.name}")
         body = io.BytesIO(memoryview(data)[start:])
         try:
             record = fastavro.schemaless_reader(body, schema.parsed, None)
@@ -115,7 +127,7 @@ class AvroCodec:
             raise CodecError(f"{schema.name} body has {left} bytes left over after the record")
         if not isinstance(record, dict):
             raise CodecError(f"{schema.name} is not a record schema")
-        return record
+        return cast(R, record)
 
 
 @cache

@@ -52,6 +52,10 @@ class BrokerError(ClipGuardError):
     """The local Kafka broker could not be fetched, started, probed or stopped."""
 
 
+class QueueUnavailable(ClipGuardError):
+    """A clip request could not be handed to Kafka (unreachable, or too slow to acknowledge)."""
+
+
 class CodecError(ClipGuardError):
     """A message could not be encoded or decoded (framing, fingerprint, Avro body)."""
 

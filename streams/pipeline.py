@@ -1,10 +1,15 @@
-"""The pipeline steps, free of Faust: message bytes in, messages to send out.
+"""The pipeline steps, free of Faust and Kafka: message bytes in, messages to send out.
 
 Each step takes the raw value of one Kafka message (and where it came from) and returns the
 messages to produce. Agents in streams/app.py only move bytes between topics and these steps;
 tests call the steps directly. Expected failures never raise out of a step: a clip that cannot
 be fetched, decoded or classified becomes an error result plus a dead-letter record, and a
 message that is not ours becomes a dead-letter record. Nothing is lost silently.
+
+The three steps, one per agent:
+- `DecodeStep`: requests -> decoded + progress (fetch the clip, decode and sample its frames);
+- `ClassifyStep`: decoded -> results (run the model pack and the policy);
+- `ResultsStep`: results + progress -> the result table (the store rule, expiry, waiters).
 """
 
 from __future__ import annotations
@@ -14,14 +19,22 @@ import collections
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, MutableMapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, AvroCodec, Record
+from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, AvroCodec
 from streams.errors import ClipError, CodecError, ErrorCode
+from streams.records import (
+    ClassificationResult,
+    ClipRequest,
+    DeadLetter,
+    DecodedClip,
+    Video,
+    VideoSpecs,
+)
 from streams.results import (
     DONE,
     ERROR,
@@ -29,22 +42,17 @@ from streams.results import (
     base_result,
     error_result,
     finish_timing,
+    is_final,
     iso_timestamp,
 )
 from streams.settings import Settings
-from streams.stages.classify import classify
+from streams.stages.classify import ClipScores, classify
 from streams.stages.fetch import fetch
-from streams.stages.frames import decode_frames, encode_frames
+from streams.stages.frames import from_jpeg, to_jpeg
+from streams.stages.uploads import UploadStore
+from streams.topics import Topic
 
 log = logging.getLogger(__name__)
-
-# Logical topic names; streams/app.py maps them to real topic names.
-DECODED_TOPIC, RESULTS_TOPIC, PROGRESS_TOPIC, DEAD_LETTER_TOPIC = (
-    "decoded",
-    "results",
-    "progress",
-    "deadletter",
-)
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,7 @@ class Origin:
 
 @dataclass(frozen=True)
 class Out:
-    topic: str
+    topic: Topic
     key: bytes
     value: bytes
 
@@ -75,7 +83,7 @@ def dead_letter(
     message: str,
     clip_id: str | None,
 ) -> Out:
-    record = {
+    record: DeadLetter = {
         "clip_id": clip_id,
         "topic": origin.topic,
         "partition": origin.partition,
@@ -88,16 +96,21 @@ def dead_letter(
         "failed_at": iso_timestamp(),
     }
     key = (clip_id or "").encode() or origin.key or b""
-    return Out(DEAD_LETTER_TOPIC, key, codec.encode(DEAD_LETTER, record))
+    return Out(Topic.DEADLETTER, key, codec.serialize(DEAD_LETTER, record))
 
 
 def error_outputs(
-    codec: AvroCodec, request: Record, result: Record, value: bytes, origin: Origin, stage: str
+    codec: AvroCodec,
+    request: ClipRequest,
+    result: ClassificationResult,
+    value: bytes,
+    origin: Origin,
+    stage: str,
 ) -> list[Out]:
     """An error result for the alarm router plus a dead-letter record with the original bytes."""
     key = request["id"].encode()
     return [
-        Out(RESULTS_TOPIC, key, codec.encode(RESULT, result)),
+        Out(Topic.RESULTS, key, codec.serialize(RESULT, result)),
         dead_letter(
             codec,
             origin,
@@ -119,7 +132,7 @@ def malformed(codec: AvroCodec, origin: Origin, value: bytes, stage: str, exc: C
     )
 
 
-def _video(decoded: Record) -> Record:
+def _video(decoded: DecodedClip) -> Video:
     """The result's `video` object, from a decoded clip message."""
     return {
         "videoname": decoded["videoname"],
@@ -133,16 +146,19 @@ def _ms_since(start: float) -> float:
 
 
 class DecodeStep:
-    """requests -> decoded (or error result + dead letter)."""
+    """requests -> decoded + progress (or error result + dead letter)."""
 
-    def __init__(self, settings: Settings, codec: AvroCodec, pool: Any) -> None:
+    def __init__(
+        self, settings: Settings, codec: AvroCodec, pool: Any, uploads: UploadStore
+    ) -> None:
         self.settings = settings
         self.codec = codec
         self.pool = pool
+        self.uploads = uploads
 
     async def __call__(self, value: bytes, origin: Origin) -> list[Out]:
         try:
-            request = self.codec.decode(value, expect=REQUEST)
+            request = self.codec.parse(value, expect=REQUEST)
         except CodecError as exc:
             return [malformed(self.codec, origin, value, "intake", exc)]
         started_at = iso_timestamp()
@@ -160,12 +176,14 @@ class DecodeStep:
         progress["video"] = _video(decoded)
         key = request["id"].encode()
         return [
-            Out(DECODED_TOPIC, key, self.codec.encode(DECODED, decoded)),
-            Out(PROGRESS_TOPIC, key, self.codec.encode(RESULT, progress)),
+            Out(Topic.DECODED, key, self.codec.serialize(DECODED, decoded)),
+            Out(Topic.PROGRESS, key, self.codec.serialize(RESULT, progress)),
         ]
 
-    async def _fetch_and_decode(self, request: Record, timing: dict[str, float]) -> Record:
-        uri = self._resolve_upload(request["video_uri"], request["id"])
+    async def _fetch_and_decode(
+        self, request: ClipRequest, timing: dict[str, float]
+    ) -> DecodedClip:
+        uri = self.uploads.resolve(request["video_uri"], request["id"])
         with tempfile.TemporaryDirectory(prefix="clipguard-fetch-") as scratch:
             start = time.perf_counter()
             fetched = await fetch(uri, self.settings, Path(scratch))
@@ -179,7 +197,7 @@ class DecodeStep:
         if not frames:  # a pool decoding to pixels: encode here, in a thread (Pillow frees the GIL)
             start = time.perf_counter()
             frames = await asyncio.get_running_loop().run_in_executor(
-                None, encode_frames, clip.frames, self.settings.jpeg_quality
+                None, to_jpeg, clip.frames, self.settings.jpeg_quality
             )
             timing["encode"] = _ms_since(start)
         return {
@@ -187,21 +205,12 @@ class DecodeStep:
             "started_at": "",
             "videoname": clip.videoname,
             "filesize": clip.filesize,
-            "specs": asdict(clip.specs),  # VideoSpecs' fields are the Avro record's fields
+            # The stage's VideoSpecs dataclass has exactly the Avro record's fields.
+            "specs": cast(VideoSpecs, asdict(clip.specs)),
             "frames": frames,
             "timestamps": list(clip.timestamps),
             "timing": timing,
         }
-
-    def _resolve_upload(self, uri: str, clip_id: str) -> str:
-        if not uri.startswith("upload://"):
-            return uri
-        name = uri.removeprefix("upload://")
-        if not name or "/" in name or name.startswith("."):
-            raise ClipError(
-                ErrorCode.SOURCE_FORBIDDEN, f"bad upload reference {uri!r}", clip_id=clip_id
-            )
-        return (self.settings.upload_dir / name).resolve().as_uri()
 
 
 class ClassifyStep:
@@ -215,7 +224,7 @@ class ClassifyStep:
 
     async def __call__(self, value: bytes, origin: Origin) -> list[Out]:
         try:
-            decoded = self.codec.decode(value, expect=DECODED)
+            decoded = self.codec.parse(value, expect=DECODED)
         except CodecError as exc:
             return [malformed(self.codec, origin, value, "classify", exc)]
         request = decoded["request"]
@@ -232,8 +241,8 @@ class ClassifyStep:
             message = f"clip {request['id']}: classification failed: {type(exc).__name__}: {exc}"
         else:
             code, message = ErrorCode.OK, ""
+        timing["classify"] = _ms_since(start)
         if code != ErrorCode.OK:
-            timing["classify"] = _ms_since(start)
             result = error_result(
                 request,
                 code,
@@ -243,7 +252,6 @@ class ClassifyStep:
                 video_done=True,
             )
             return error_outputs(self.codec, request, result, value, origin, "classify")
-        timing["classify"] = _ms_since(start)
         result = base_result(request, started_at=decoded["started_at"])
         result["status"] = {"classify": DONE, "video": DONE}
         result["model"] = self.pack.name
@@ -253,12 +261,55 @@ class ClassifyStep:
         result["scores"] = dict(scores.scores)
         result["video"] = _video(decoded)
         finish_timing(result, timing)
-        return [Out(RESULTS_TOPIC, request["id"].encode(), self.codec.encode(RESULT, result))]
+        return [Out(Topic.RESULTS, request["id"].encode(), self.codec.serialize(RESULT, result))]
 
-    def _classify(self, decoded: Record) -> Any:
-        frames = decode_frames(decoded["frames"])
+    def _classify(self, decoded: DecodedClip) -> ClipScores:
+        frames = from_jpeg(decoded["frames"])
         policy = self.policies.for_tenant(decoded["request"]["tenant"])
         return classify(frames, decoded["timestamps"], self.pack, policy)
+
+
+class ResultsStep:
+    """results + progress -> the result table (or a dead letter).
+
+    The only writer of the table (Faust allows table writes from one agent instance). It keeps
+    the better of what the table holds and what arrives (`should_store`), forgets results past
+    the retention, and tells `on_final` about every final result (the HTTP API's waiters).
+    """
+
+    def __init__(
+        self,
+        codec: AvroCodec,
+        table: MutableMapping[bytes, bytes],
+        expiry: Expiry,
+        on_final: Callable[[bytes, bytes], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.codec = codec
+        self.table = table
+        self.expiry = expiry
+        self.on_final = on_final
+        self.clock = clock
+
+    async def __call__(self, value: bytes, origin: Origin) -> list[Out]:
+        key = origin.key
+        try:
+            if not key:
+                raise CodecError("a result without a key cannot be stored")
+            incoming = self.codec.parse(value, expect=RESULT)
+        except CodecError as exc:
+            return [malformed(self.codec, origin, value, "results", exc)]
+        current = self.table.get(key)
+        current_record = None if current is None else self.codec.parse(current, expect=RESULT)
+        if should_store(current_record, incoming):
+            self.table[key] = value
+            # Expired keys share this message's partition, so their deletions land in the
+            # changelog partition Faust writes for this message.
+            for old in self.expiry.note(origin.partition, key, self.clock()):
+                self.table.pop(old, None)
+        if is_final(incoming):
+            self.on_final(key, value)
+        return []
 
 
 class Expiry:
@@ -284,7 +335,7 @@ class Expiry:
         return expired
 
 
-def should_store(current: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> bool:
+def should_store(current: ClassificationResult | None, incoming: ClassificationResult) -> bool:
     """Table merge rule for at-least-once delivery.
 
     Progress never replaces a final result, and an error never replaces a success: a replayed
@@ -292,8 +343,8 @@ def should_store(current: Mapping[str, Any] | None, incoming: Mapping[str, Any])
     """
     if current is None:
         return True
-    current_state: str = current["status"]["classify"]
-    incoming_state: str = incoming["status"]["classify"]
+    current_state = current["status"]["classify"]
+    incoming_state = incoming["status"]["classify"]
     if current_state == DONE:
         return incoming_state == DONE
     if current_state == ERROR:

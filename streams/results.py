@@ -12,13 +12,12 @@ import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from streams.codec import Record
 from streams.errors import ErrorCode
+from streams.records import ClassificationResult, ClipRequest, VideoSpecs
 
 PENDING, DONE, ERROR = "pending", "done", "error"
-NO_PARENT = "0" * 24
 
 # Avro field name -> published JSON key, in the published order.
 _SPEC_KEYS = {
@@ -55,9 +54,9 @@ def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
-def render_result(record: Mapping[str, Any]) -> dict[str, Any]:
+def render_result(record: ClassificationResult) -> dict[str, Any]:
     video = record["video"]
-    specs = video["specs"]
+    specs: Mapping[str, Any] | None = video["specs"]
     rendered_specs = None
     if specs is not None:
         rendered_specs = {
@@ -92,13 +91,13 @@ def render_result(record: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def result_from_json(doc: Mapping[str, Any]) -> Record:
+def result_from_json(doc: Mapping[str, Any]) -> ClassificationResult:
     """The inverse of `render_result` (used for the golden test and for replays)."""
     video = doc["video"]
     specs = video.get("specs")
     return {
         "id": doc["id"],
-        "status": dict(doc["status"]),
+        "status": {"classify": doc["status"]["classify"], "video": doc["status"]["video"]},
         "parent_id": doc["parentId"],
         "camera_id": doc["cameraId"],
         "analyse_id": doc["analyse_id"],
@@ -117,7 +116,7 @@ def result_from_json(doc: Mapping[str, Any]) -> Record:
             "filesize": video["filesize"],
             "specs": None
             if specs is None
-            else {field: specs[key] for field, key in _SPEC_KEYS.items()},
+            else cast(VideoSpecs, {field: specs[key] for field, key in _SPEC_KEYS.items()}),
         },
         "timing": {k: float(v) for k, v in doc["timing"].items()},
         "metadata": dict(doc["metadata"]),
@@ -126,7 +125,7 @@ def result_from_json(doc: Mapping[str, Any]) -> Record:
     }
 
 
-def base_result(request: Mapping[str, Any], *, started_at: str) -> Record:
+def base_result(request: ClipRequest, *, started_at: str) -> ClassificationResult:
     """A result for `request` with nothing processed yet (status pending)."""
     return {
         "id": request["id"],
@@ -157,14 +156,14 @@ def base_result(request: Mapping[str, Any], *, started_at: str) -> Record:
 
 
 def error_result(
-    request: Mapping[str, Any],
+    request: ClipRequest,
     code: ErrorCode,
     message: str,
     *,
     started_at: str,
     timing: Mapping[str, float],
     video_done: bool = False,
-) -> Record:
+) -> ClassificationResult:
     result = base_result(request, started_at=started_at)
     result["status"] = {"classify": ERROR, "video": DONE if video_done else ERROR}
     result["error_code"] = int(code)
@@ -173,7 +172,7 @@ def error_result(
     return result
 
 
-def finish_timing(result: Record, timing: Mapping[str, float]) -> None:
+def finish_timing(result: ClassificationResult, timing: Mapping[str, float]) -> None:
     """Fill `timing` (ms per stage + total) and `duration` (microseconds, as published)."""
     total_ms = sum(timing.values())
     result["timing"] = {**{k: round(v, 3) for k, v in timing.items()}, "total": round(total_ms, 3)}
@@ -181,7 +180,7 @@ def finish_timing(result: Record, timing: Mapping[str, float]) -> None:
     result["duration_seconds"] = int(total_ms // 1000)
 
 
-def is_final(result: Mapping[str, Any]) -> bool:
+def is_final(result: ClassificationResult) -> bool:
     return bool(result["status"]["classify"] in (DONE, ERROR))
 
 

@@ -1,72 +1,53 @@
-"""Create the pipeline's topics with explicit partitions and configs (auto-creation is off).
+"""The pipeline's topics: their names and their Kafka configs, defined here once.
 
-Faust creates only its own internal topics (table changelogs, the assignor's); the source topics
-are ours. Every topic must have `settings.partitions` partitions: lookups find a clip's owner by
-hashing its id over that count, so an existing topic with another count is refused, not used.
+Every topic is keyed by the clip id. A topic's real name is `settings.topic(Topic.X)`
+(`<topic_prefix>.<name>`). Creating them is `streams/admin.py`'s job; this module has no Kafka
+client, so the Kafka-free steps can name their output topics.
 """
 
 from __future__ import annotations
 
-import logging
+from enum import StrEnum
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
-
-from streams.errors import ConfigError
 from streams.settings import Settings
-
-log = logging.getLogger(__name__)
 
 DAY_MS = 24 * 3600 * 1000
 # Decoded clips carry JPEG frames (~33 KB each at 568x320): max_frames=120 is ~4 MB. Dead letters
 # carry the original message, so they get room for the largest decoded clip and its envelope.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-# Per-topic configs; retention follows what each topic is for.
-TOPIC_CONFIGS: dict[str, dict[str, str]] = {
-    "requests": {"retention.ms": str(7 * DAY_MS)},
-    "decoded": {"retention.ms": str(1 * DAY_MS), "max.message.bytes": str(MAX_MESSAGE_BYTES)},
-    "progress": {"retention.ms": str(1 * DAY_MS)},
-    "results": {"retention.ms": str(7 * DAY_MS)},
-    "deadletter": {
-        "retention.ms": str(30 * DAY_MS),
-        "max.message.bytes": str(MAX_MESSAGE_BYTES + 64 * 1024),
-    },
-}
+RESULT_TABLE = "results"
 
 
-async def ensure_topics(settings: Settings) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        await admin.start()
-    except KafkaConnectionError as exc:
-        raise ConfigError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap} (CLIPGUARD_KAFKA_BOOTSTRAP): {exc}"
-        ) from exc
-    try:
-        names = {settings.topic(name): name for name in TOPIC_CONFIGS}
-        existing = await admin.describe_topics(list(names))
-        known = {t["topic"]: len(t["partitions"]) for t in existing if t["error_code"] == 0}
-        for topic, count in known.items():
-            if count != settings.partitions:
-                raise ConfigError(
-                    f"topic {topic} has {count} partitions, settings say {settings.partitions} "
-                    "(CLIPGUARD_PARTITIONS); every pipeline topic needs the same count"
-                )
-        missing = [
-            NewTopic(
-                topic,
-                num_partitions=settings.partitions,
-                replication_factor=settings.replication_factor,
-                topic_configs=TOPIC_CONFIGS[name],
-            )
-            for topic, name in names.items()
-            if topic not in known
-        ]
-        if missing:
-            try:
-                await admin.create_topics(missing)
-            except TopicAlreadyExistsError:  # another worker created them at the same moment
-                pass
-            log.info("created topics %s", ", ".join(t.name for t in missing))
-    finally:
-        await admin.close()
+class Topic(StrEnum):
+    REQUESTS = "requests"  # clip requests from VMSs and the HTTP API
+    DECODED = "decoded"  # sampled frames, from the decode step to the classify step
+    PROGRESS = "progress"  # "video done, classify pending": feeds the result table only
+    RESULTS = "results"  # final results, for alarm routers and the result table
+    DEADLETTER = "deadletter"  # what failed, with the original bytes and the reason
+
+
+def retention_ms(settings: Settings) -> str:
+    """Results (their topic and the table's changelog) are kept as long as the setting says."""
+    return str(int(settings.result_retention_s * 1000))
+
+
+def topic_configs(settings: Settings) -> dict[Topic, dict[str, str]]:
+    """Per-topic configs; retention follows what each topic is for."""
+    return {
+        Topic.REQUESTS: {"retention.ms": str(7 * DAY_MS)},
+        Topic.DECODED: {
+            "retention.ms": str(1 * DAY_MS),
+            "max.message.bytes": str(MAX_MESSAGE_BYTES),
+        },
+        Topic.PROGRESS: {"retention.ms": str(1 * DAY_MS)},
+        Topic.RESULTS: {"retention.ms": retention_ms(settings)},
+        Topic.DEADLETTER: {
+            "retention.ms": str(30 * DAY_MS),
+            "max.message.bytes": str(MAX_MESSAGE_BYTES + 64 * 1024),
+        },
+    }
+
+
+def changelog_config(settings: Settings) -> dict[str, str]:
+    """The result table's changelog: latest value per id, gone after the result retention."""
+    return {"cleanup.policy": "compact,delete", "retention.ms": retention_ms(settings)}

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.cluster import free_ports
-from streams.broker import Broker
+from devtools.broker import Broker
+from devtools.cluster import free_ports
 
 # --- Kafka ------------------------------------------------------------------------------
 # Tests that need Kafka are marked `@pytest.mark.kafka` and take `kafka_bootstrap`. The suite

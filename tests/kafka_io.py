@@ -7,12 +7,13 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from streams.codec import REQUEST, Record, default_codec
+from streams.codec import REQUEST, default_codec
+from streams.records import ClipRequest
 from streams.results import iso_timestamp, new_clip_id
 
 
-def clip_request(uri: str, tenant: str = "acme", **changes: object) -> Record:
-    record: Record = {
+def clip_request(uri: str, tenant: str = "acme", **changes: object) -> ClipRequest:
+    record: ClipRequest = {
         "id": new_clip_id(),
         "tenant": tenant,
         "camera_id": "cam-1",
@@ -38,10 +39,10 @@ async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes, by
         await producer.stop()
 
 
-async def produce_requests(bootstrap: str, topic: str, requests: Iterable[Record]) -> None:
+async def produce_requests(bootstrap: str, topic: str, requests: Iterable[ClipRequest]) -> None:
     codec = default_codec()
     await produce(
-        bootstrap, topic, ((r["id"].encode(), codec.encode(REQUEST, r)) for r in requests)
+        bootstrap, topic, ((r["id"].encode(), codec.serialize(REQUEST, r)) for r in requests)
     )
 
 

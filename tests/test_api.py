@@ -15,6 +15,7 @@ from aiohttp import FormData, web
 from api.auth import add_key
 from api.views import install
 from streams.codec import default_codec
+from streams.errors import QueueUnavailable
 from streams.results import DONE, result_from_json
 from streams.settings import Settings
 
@@ -165,10 +166,8 @@ async def test_body_tenant_must_match_the_key(client, keys, settings):
 
 
 async def test_a_clip_that_cannot_be_queued_is_503_and_its_upload_removed(client, keys, settings):
-    from aiokafka.errors import KafkaConnectionError
-
     async def broken_submit(request, pending):
-        raise KafkaConnectionError("broker down")
+        raise QueueUnavailable("broker down", clip_id=request["id"])
 
     client.service.submit = broken_submit
     response = await client.post("/api/classify", data=upload(), headers=auth(keys["acme"]))

@@ -92,30 +92,30 @@ def test_java_reads_our_bytes_as_the_same_record(
     avro_check: RunJava, result: dict[str, Any], tmp_path: Path
 ) -> None:
     codec = default_codec()
-    ours = codec.encode(RESULT, result)
+    ours = codec.serialize(RESULT, result)
     (tmp_path / "result.bin").write_bytes(ours)
 
-    printed = avro_check("decode", str(SCHEMA_DIR), RESULT, str(tmp_path / "result.bin")).stdout
+    printed = avro_check("decode", str(SCHEMA_DIR), RESULT.name, str(tmp_path / "result.bin")).stdout
 
-    schema = codec.schemas[RESULT].parsed
+    schema = codec.schemas[RESULT.name].parsed
     (read_by_java,) = fastavro.json_reader(io.StringIO(printed.decode()), schema)
     assert read_by_java == result
-    assert codec.encode(RESULT, read_by_java) == ours
+    assert codec.serialize(RESULT, read_by_java) == ours
 
 
 def test_java_writes_the_bytes_our_codec_writes(
     avro_check: RunJava, result: dict[str, Any], tmp_path: Path
 ) -> None:
     codec = default_codec()
-    schema = codec.schemas[RESULT]
+    schema = codec.schemas[RESULT.name]
     with (tmp_path / "result.json").open("w") as out:
         fastavro.json_writer(out, schema.parsed, [result])
 
     avro_check(
-        "encode", str(SCHEMA_DIR), RESULT, str(tmp_path / "result.json"), str(tmp_path / "java.bin")
+        "encode", str(SCHEMA_DIR), RESULT.name, str(tmp_path / "result.json"), str(tmp_path / "java.bin")
     )
 
     written_by_java = (tmp_path / "java.bin").read_bytes()
     assert written_by_java[:10] == b"\xc3\x01" + schema.fingerprint
-    assert written_by_java == codec.encode(RESULT, result)
-    assert codec.decode(written_by_java, expect=RESULT) == result
+    assert written_by_java == codec.serialize(RESULT, result)
+    assert codec.parse(written_by_java, expect=RESULT) == result

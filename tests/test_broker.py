@@ -12,8 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import UnknownTopicOrPartitionError
 
-from bench.cluster import free_ports
-from streams.broker import Broker, cli, probe_metadata
+from devtools.broker import Broker, cli, probe_metadata
+from devtools.cluster import free_ports
 from streams.errors import BrokerError
 
 pytestmark = pytest.mark.kafka

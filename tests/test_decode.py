@@ -10,8 +10,8 @@ import pytest
 
 from streams.errors import ClipError, ErrorCode
 from streams.settings import Settings
-from streams.stages.decode import DecodedClip, VideoSpecs, analysis_size, decode
-from streams.stages.frames import decode_frames, encode_frames
+from streams.stages.decode import SampledClip, VideoSpecs, analysis_size, decode
+from streams.stages.frames import from_jpeg, to_jpeg
 
 CLIPS = Path(__file__).parent / "fixtures" / "clips"
 SETTINGS = Settings()
@@ -38,7 +38,7 @@ EXPECTED = {
 }
 
 
-def decode_fixture(name: str, settings: Settings = SETTINGS) -> DecodedClip:
+def decode_fixture(name: str, settings: Settings = SETTINGS) -> SampledClip:
     return decode(CLIPS / name, settings)
 
 
@@ -114,17 +114,17 @@ def test_analysis_height_setting() -> None:
 
 def test_decoded_clip_message_stays_under_one_megabyte() -> None:
     clip = decode_fixture("people_h264.mp4")  # 4 s at 3 fps
-    jpegs = encode_frames(clip.frames, SETTINGS.jpeg_quality)
+    jpegs = to_jpeg(clip.frames, SETTINGS.jpeg_quality)
     assert sum(map(len, jpegs)) < 1_000_000 - 10_000  # room for the other message fields
-    back = decode_frames(jpegs)
+    back = from_jpeg(jpegs)
     assert [f.shape for f in back] == [f.shape for f in clip.frames]
     assert all(np.abs(a.astype(int) - b).mean() < 4 for a, b in zip(back, clip.frames, strict=True))
 
 
 def test_damaged_jpeg_is_a_malformed_message() -> None:
-    jpeg = encode_frames(decode_fixture("tree_h264.mp4").frames[:1], 85)[0]
+    jpeg = to_jpeg(decode_fixture("tree_h264.mp4").frames[:1], 85)[0]
     with pytest.raises(ClipError) as info:
-        decode_frames([jpeg[:20]])
+        from_jpeg([jpeg[:20]])
     assert info.value.code == ErrorCode.MALFORMED_MESSAGE
 
 
@@ -214,7 +214,7 @@ def test_unknown_codec(tmp_path: Path) -> None:
 
 
 def test_still_image_is_not_a_clip(tmp_path: Path) -> None:
-    jpeg = encode_frames(decode_fixture("tree_h264.mp4").frames[:1], 85)[0]
+    jpeg = to_jpeg(decode_fixture("tree_h264.mp4").frames[:1], 85)[0]
     assert error_of(write(tmp_path, "snapshot.jpg", jpeg)).code == ErrorCode.INVALID_VIDEO
 
 

@@ -131,7 +131,7 @@ async def test_a_burst_of_good_and_bad_clips_all_come_out(deployment):
     ids = {r["id"].encode() for r in requests}
     results = await collect(deployment["bootstrap"], topic(deployment, "results"), ids)
     assert set(results) == ids, "every clip, good or bad, has a result"
-    final = {key: codec.decode(values[-1], expect=RESULT) for key, values in results.items()}
+    final = {key: codec.parse(values[-1], expect=RESULT) for key, values in results.items()}
 
     for name, request in good.items():
         result = final[request["id"].encode()]
@@ -158,7 +158,7 @@ async def test_a_burst_of_good_and_bad_clips_all_come_out(deployment):
         deployment["bootstrap"], topic(deployment, "deadletter"), bad_ids | {b"not-a-clip"}
     )
     assert set(letters) == bad_ids | {b"not-a-clip"}
-    malformed = codec.decode(letters[b"not-a-clip"][0], expect=DEAD_LETTER)
+    malformed = codec.parse(letters[b"not-a-clip"][0], expect=DEAD_LETTER)
     assert malformed["value"] == b"this is not an Avro message"
     assert malformed["error_code"] == ErrorCode.MALFORMED_MESSAGE
     decoded = await collect(
@@ -168,7 +168,7 @@ async def test_a_burst_of_good_and_bad_clips_all_come_out(deployment):
     )
     assert (
         len(
-            codec.decode(decoded[good["people_h264.mp4"]["id"].encode()][0], expect=DECODED)[
+            codec.parse(decoded[good["people_h264.mp4"]["id"].encode()][0], expect=DECODED)[
                 "frames"
             ]
         )

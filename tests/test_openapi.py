@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 
 from api.auth import add_key
 from api.views import install
-from bench.cluster import free_ports
+from devtools.cluster import free_ports
 from streams.settings import Settings
 from tests.test_api import InMemoryService
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from streams.errors import ClipError, ErrorCode
 from streams.settings import Settings
-from streams.stages.decode import DecodedClip, decode
+from streams.stages.decode import SampledClip, decode
 from streams.stages.pool import DecodePool
 
 CLIPS = Path(__file__).parent / "fixtures" / "clips"
@@ -27,7 +27,7 @@ SETTINGS = Settings(decode_timeout_s=20.0)
 # the same pool can be made to crash and then shown to work again.
 def decode_or_misbehave(
     path: Path, settings: Settings, *, videoname: str | None = None
-) -> DecodedClip:
+) -> SampledClip:
     if path.name == "segfault":
         os.kill(os.getpid(), signal.SIGSEGV)
     if path.name == "exit":
@@ -102,10 +102,10 @@ async def test_two_workers_decode_side_by_side() -> None:
             pool.decode(CLIPS / "tree_h264.mp4", two),
             return_exceptions=True,
         )
-        assert isinstance(results[0], DecodedClip) and results[0].specs.nframes == 12
+        assert isinstance(results[0], SampledClip) and results[0].specs.nframes == 12
         assert isinstance(results[1], ClipError)
         assert results[1].code == ErrorCode.DECODER_CRASHED
-        assert isinstance(results[2], DecodedClip) and results[2].specs.nframes == 12
+        assert isinstance(results[2], SampledClip) and results[2].specs.nframes == 12
     finally:
         pool.close()
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from bench.cluster import WorkerProcess, wait_ready
-from bench.cluster import worker_env as bench_worker_env
+from devtools.cluster import WorkerProcess, wait_ready
+from devtools.cluster import worker_env as bench_worker_env
 
 
 class Worker(WorkerProcess):

@@ -140,7 +140,7 @@ def aggregate(
             per_frame[label].append(best[label])
         per_frame["spider"].append(float(frame.imagenet.get("spider", 0.0)))
         per_frame["web"].append(float(frame.imagenet.get("spider_web", 0.0)))
-        if frame.text is not None:  # the text detector sees only some frames (models.py)
+        if frame.text is not None:  # the text detector sees only some frames (models/text.py)
             per_frame["text"].append(float(frame.text))
 
     scores = {label: held_score(values) for label, values in per_frame.items()}

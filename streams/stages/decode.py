@@ -1,4 +1,4 @@
-"""Decode one clip into a few analysis frames (pure: a path in, a `DecodedClip` out).
+"""Decode one clip into a few analysis frames (pure: a path in, a `SampledClip` out).
 
 The rules (docs/decode.md says the same for users):
 - Sampling: every frame is decoded (inter-frame prediction leaves no cheaper way); a frame is
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,12 @@ VIDEO_CONTAINERS = frozenset(
     }
 )  # fmt: skip
 
+# File name suffixes kept on stored uploads and downloads, so FFmpeg's probe gets the hint a
+# local file would give it (the content is probed anyway; VIDEO_CONTAINERS decides).
+VIDEO_SUFFIXES = frozenset(
+    {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".flv", ".mpg", ".mpeg", ".3gp"}
+)
+
 # Sampling instants are compared with float timestamps; a frame stamped 0.9999999 s must
 # still count as "at" the instant 1.0 s.
 _TIME_EPSILON = 1e-6
@@ -61,13 +66,12 @@ class VideoSpecs:
 
 
 @dataclass(frozen=True)
-class DecodedClip:
+class SampledClip:
     videoname: str
     filesize: int
     specs: VideoSpecs
     frames: tuple[np.ndarray, ...]
     timestamps: tuple[float, ...]
-    decode_ms: float
     # Set by pool.decode_to_jpeg: the frames as JPEG (then `frames` is empty) and what that cost.
     jpeg_frames: tuple[bytes, ...] = ()
     encode_ms: float = 0.0
@@ -82,9 +86,8 @@ def analysis_size(width: int, height: int, analysis_height: int) -> tuple[int, i
     return even, analysis_height
 
 
-def decode(path: Path, settings: Settings, *, videoname: str | None = None) -> DecodedClip:
+def decode(path: Path, settings: Settings, *, videoname: str | None = None) -> SampledClip:
     name = videoname or path.name
-    started = time.perf_counter()
     filesize = _checked_size(path, name, settings)
     try:
         container = av.open(
@@ -100,13 +103,12 @@ def decode(path: Path, settings: Settings, *, videoname: str | None = None) -> D
         stream = _video_stream(container, name)
         _check_header_limits(container, stream, name, settings)
         frames, timestamps, specs = _sample(container, stream, name, settings)
-    return DecodedClip(
+    return SampledClip(
         videoname=name,
         filesize=filesize,
         specs=specs,
         frames=tuple(frames),
         timestamps=tuple(timestamps),
-        decode_ms=round((time.perf_counter() - started) * 1000, 1),
     )
 
 

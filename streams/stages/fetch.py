@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -28,24 +27,21 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from streams.errors import ClipError, ErrorCode
 from streams.settings import Settings
+from streams.stages.decode import VIDEO_SUFFIXES
 
 log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 3
 _CHUNK = 256 * 1024
-# Kept on downloads so FFmpeg's probe gets the same hint a local file would give it.
-_VIDEO_SUFFIXES = frozenset({".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".ts", ".flv"})
 
 
 @dataclass(frozen=True)
 class Fetched:
     path: Path
     filesize: int
-    fetch_ms: float
 
 
 async def fetch(uri: str, settings: Settings, dest_dir: Path) -> Fetched:
-    started = time.perf_counter()
     scheme = urlsplit(uri).scheme.lower()
     if scheme == "file":
         path = _local_file(uri, settings)
@@ -57,11 +53,7 @@ async def fetch(uri: str, settings: Settings, dest_dir: Path) -> Fetched:
             ErrorCode.SOURCE_FORBIDDEN,
             f"{_short(uri)}: {shown} is not accepted; use file://, http:// or https://",
         )
-    return Fetched(
-        path=path,
-        filesize=path.stat().st_size,
-        fetch_ms=round((time.perf_counter() - started) * 1000, 1),
-    )
+    return Fetched(path=path, filesize=path.stat().st_size)
 
 
 # --- file:// ----------------------------------------------------------------------------------
@@ -176,7 +168,7 @@ async def _download(uri: str, settings: Settings, dest_dir: Path) -> Path:
     connector = aiohttp.TCPConnector(resolver=_CheckingResolver(allow), use_dns_cache=False)
     dest_dir.mkdir(parents=True, exist_ok=True)
     suffix = PurePosixPath(urlsplit(uri).path).suffix.lower()
-    target = dest_dir / f"{uuid.uuid4().hex}{suffix if suffix in _VIDEO_SUFFIXES else '.bin'}"
+    target = dest_dir / f"{uuid.uuid4().hex}{suffix if suffix in VIDEO_SUFFIXES else '.bin'}"
     url = uri
     try:
         async with aiohttp.ClientSession(

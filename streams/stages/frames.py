@@ -15,7 +15,7 @@ from PIL import Image
 from streams.errors import ClipError, ErrorCode
 
 
-def encode_frames(frames: Iterable[np.ndarray], quality: int) -> list[bytes]:
+def to_jpeg(frames: Iterable[np.ndarray], quality: int) -> list[bytes]:
     """JPEG-encode RGB uint8 frames (H x W x 3)."""
     encoded = []
     for frame in frames:
@@ -26,7 +26,7 @@ def encode_frames(frames: Iterable[np.ndarray], quality: int) -> list[bytes]:
     return encoded
 
 
-def decode_frames(jpegs: Iterable[bytes]) -> list[np.ndarray]:
+def from_jpeg(jpegs: Iterable[bytes]) -> list[np.ndarray]:
     """RGB uint8 frames from JPEG bytes; damaged bytes give ClipError(MALFORMED_MESSAGE)."""
     frames = []
     for index, data in enumerate(jpegs):

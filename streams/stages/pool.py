@@ -25,19 +25,19 @@ from pathlib import Path
 
 from streams.errors import ClipError, ErrorCode
 from streams.settings import Settings
-from streams.stages.decode import DecodedClip, decode
-from streams.stages.frames import encode_frames
+from streams.stages.decode import SampledClip, decode
+from streams.stages.frames import to_jpeg
 
 log = logging.getLogger(__name__)
 
-DecodeFn = Callable[..., DecodedClip]
+DecodeFn = Callable[..., SampledClip]
 
 # What crosses the process boundary back from a child: the clip, or the error as plain data
 # (ClipError itself does not survive pickling: its constructor takes the code first).
-_Outcome = tuple[DecodedClip | None, int, str]
+_Outcome = tuple[SampledClip | None, int, str]
 
 
-def decode_to_jpeg(path: Path, settings: Settings, *, videoname: str | None = None) -> DecodedClip:
+def decode_to_jpeg(path: Path, settings: Settings, *, videoname: str | None = None) -> SampledClip:
     """`decode`, then JPEG-encode the frames in the same child process.
 
     What the decoded topic needs crosses the process boundary: ~400 KB of JPEG for a 4 s clip
@@ -46,7 +46,7 @@ def decode_to_jpeg(path: Path, settings: Settings, *, videoname: str | None = No
     """
     clip = decode(path, settings, videoname=videoname)
     start = time.perf_counter()
-    jpegs = tuple(encode_frames(clip.frames, settings.jpeg_quality))
+    jpegs = tuple(to_jpeg(clip.frames, settings.jpeg_quality))
     encode_ms = (time.perf_counter() - start) * 1000.0
     return replace(clip, frames=(), jpeg_frames=jpegs, encode_ms=encode_ms)
 
@@ -98,7 +98,7 @@ class DecodePool:
 
     async def decode(
         self, path: Path, settings: Settings, videoname: str | None = None
-    ) -> DecodedClip:
+    ) -> SampledClip:
         if self._closed:
             raise ClipError(ErrorCode.INTERNAL, "the decode pool is closed")
         name = videoname or path.name

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from bench.procs import children_of
+from devtools.procs import children_of
 from streams.settings import PROJECT_ROOT
 
 

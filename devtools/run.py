@@ -1,0 +1,38 @@
+"""`clipguard run` (what `make run` starts): the local broker, a development key and a worker."""
+
+from __future__ import annotations
+
+from devtools.broker import Broker
+from streams.settings import PROJECT_ROOT, Settings
+from streams.wiring import add_api_key, run_worker
+
+DEV_TENANT = "dev"
+
+
+def run(settings: Settings) -> int:
+    host, _, port = settings.kafka_bootstrap.rpartition(":")
+    if host in ("127.0.0.1", "localhost", ""):
+        broker = Broker(PROJECT_ROOT / ".clipguard" / "kafka", port=int(port))
+        print(
+            f"Kafka broker: {broker.start()} (data in {broker.data_dir}; "
+            "stop: clipguard broker stop)"
+        )
+    else:  # an existing cluster: nothing to start
+        print(f"Kafka: using {settings.kafka_bootstrap} (CLIPGUARD_KAFKA_BOOTSTRAP)")
+    for path in (settings.upload_dir, *settings.media_roots):
+        path.mkdir(parents=True, exist_ok=True)
+    key_note = ""
+    if not settings.api_keys_file.exists():
+        key = add_api_key(settings.api_keys_file, DEV_TENANT)
+        key_note = f"Created a development API key for tenant '{DEV_TENANT}': {key}\n"
+    else:
+        key = "<a key from " + str(settings.api_keys_file) + ">"
+    base = f"http://{settings.web_host}:{settings.web_port}"
+    clip = PROJECT_ROOT / "tests" / "fixtures" / "clips" / "people_h264.mp4"
+    print(
+        f"{key_note}API: {base}  (keys in {settings.api_keys_file})\n"
+        f"Try:\n  curl -s -H 'Authorization: Bearer {key}' -F video=@{clip} "
+        f"'{base}/api/classify?sync=true'\n",
+        flush=True,
+    )
+    return run_worker(settings)

@@ -1,0 +1,84 @@
+"""What the HTTP API asks of a running worker, answered from its Faust runtime.
+
+`WorkerService` fits the `ClipService` protocol of api/views.py without importing it: the views
+see records and ClipGuard's own errors (QueueUnavailable), never a Kafka exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+from aiokafka.errors import KafkaError
+
+from streams.app import Runtime
+from streams.codec import REQUEST, RESULT
+from streams.errors import QueueUnavailable
+from streams.records import ClassificationResult, ClipRequest
+from streams.settings import Settings
+from streams.topics import RESULT_TABLE, Topic
+
+log = logging.getLogger(__name__)
+
+SUBMIT_TIMEOUT_S = 30.0
+
+
+class WorkerService:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.codec = runtime.codec
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    async def submit(self, request: ClipRequest, pending: ClassificationResult) -> None:
+        """Publish the pending status, then the request; returns once Kafka has both.
+
+        A 202 therefore means the clip is durably queued.
+        """
+        key = request["id"].encode()
+        messages = (
+            (Topic.PROGRESS, self.codec.serialize(RESULT, pending)),
+            (Topic.REQUESTS, self.codec.serialize(REQUEST, request)),
+        )
+        try:
+            for topic, value in messages:
+                pending_send = await self.runtime.topics[topic].send(key=key, value=value)
+                await asyncio.wait_for(pending_send, timeout=SUBMIT_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:
+            raise QueueUnavailable(f"not queued: {exc!r}", clip_id=request["id"]) from exc
+
+    def owner_url(self, clip_id: str) -> str | None:
+        """Base URL of the worker owning this id's table partition; None when it is this one."""
+        app = self.runtime.app
+        try:
+            url = app.router.key_store(RESULT_TABLE, clip_id.encode())
+        except Exception:  # assignment not known yet (rebalancing): answer locally
+            return None
+        if (url.host, url.port) == (app.conf.canonical_url.host, app.conf.canonical_url.port):
+            return None
+        return str(url).rstrip("/")
+
+    def local(self, clip_id: str) -> ClassificationResult | None:
+        value = self.runtime.table.get(clip_id.encode())
+        return None if value is None else self.codec.parse(value, expect=RESULT)
+
+    async def wait_local(self, clip_id: str, timeout: float) -> ClassificationResult | None:
+        value = await self.runtime.wait_local(clip_id.encode(), timeout)
+        return None if value is None else self.codec.parse(value, expect=RESULT)
+
+    @property
+    def http(self) -> Any:
+        return self.runtime.app.http_client
+
+    def readiness(self) -> dict[str, bool]:
+        app = self.runtime.app
+        consumer_ready = bool(app.consumer and app.consumer.assignment())
+        recovered = bool(app.tables and cast(Any, app.tables).recovery.completed.is_set())
+        return {
+            "broker": consumer_ready,
+            "table_recovered": recovered,
+            "model_loaded": self.runtime.model_loaded,
+        }

@@ -1,0 +1,44 @@
+"""The one module that knows both sides: it wires the pipeline and the HTTP API into a worker.
+
+`streams/` (the Faust app, steps and stages) and `api/` (the aiohttp views) never import each
+other; here the pipeline's `WorkerService` is handed to the views, which are installed on the
+Faust app's own web server, and the `clipguard` command (streams/cli.py) starts the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+import faust
+
+from api import auth
+from api.views import install
+from streams.admin import ensure_topics
+from streams.app import create_app, runtime_of
+from streams.service import WorkerService
+from streams.settings import Settings
+
+
+def create_worker(settings: Settings) -> faust.App:
+    """The pipeline with the HTTP API on its web server; configuration mistakes raise here."""
+    app = create_app(settings)
+    web_app = cast(Any, app.web).web_app  # the aiohttp Application inside Faust's web driver
+    install(web_app, WorkerService(runtime_of(app)), settings)
+    return app
+
+
+def run_worker(settings: Settings) -> int:
+    logging.basicConfig(level=logging.INFO)
+    app = create_worker(settings)  # configuration mistakes surface here, before Kafka is touched
+    asyncio.run(ensure_topics(settings))
+    worker = faust.Worker(app, loglevel="INFO")
+    worker.execute_from_commandline()
+    return 0
+
+
+def add_api_key(keys_file: Path, tenant: str) -> str:
+    """A new API key for `tenant` (the `clipguard keys add` command and `clipguard run`)."""
+    return auth.add_key(keys_file, tenant)
