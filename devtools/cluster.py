@@ -1,8 +1,8 @@
-"""The broker and `clipguard worker` processes a benchmark run starts, and stops for sure.
+"""The `clipguard worker` processes that a benchmark run or a test starts, and stops for sure.
 
 Everything listens on 127.0.0.1, on ports free at start, with data in the run's own temporary
 directory and topics under a prefix no other run uses. Workers run in their own session, so a
-Ctrl-C in the terminal reaches the benchmark only, and the benchmark stops them in order.
+Ctrl-C in the terminal reaches the benchmark or test runner only, which stops them in order.
 """
 
 from __future__ import annotations

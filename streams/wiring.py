@@ -1,7 +1,8 @@
 """The one module that knows both sides: it wires the pipeline and the HTTP API into a worker.
 
-`streams/` (the Faust app, steps and stages) and `api/` (the aiohttp views) never import each
-other; here the pipeline's `WorkerService` is handed to the views, which are installed on the
+Nothing else under `streams/` (the Faust app, steps and stages) imports `api/` (the aiohttp
+views), and `api/` uses only the Kafka-free parts of `streams/` (records, results, settings,
+errors, the upload store), never the Faust app or a Kafka client; here the pipeline's `WorkerService` is handed to the views, which are installed on the
 Faust app's own web server, and the `clipguard` command (streams/cli.py) starts the result.
 """
 
