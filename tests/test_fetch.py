@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from streams.errors import ClipError, ErrorCode
 from streams.settings import Settings
-from streams.stages.fetch import blocked_address, fetch
+from streams.stages.fetch import _redact, blocked_address, fetch
 
+FORBIDDEN = "this address is not allowed (only public addresses and CLIPGUARD_HTTP_ALLOW_HOSTS)"
 CLIP = Path(__file__).parent / "fixtures" / "clips" / "people_h264.mp4"
 CLIP_BYTES = CLIP.read_bytes()
 
@@ -142,6 +145,14 @@ def clip_app() -> web.Application:
         await asyncio.sleep(30)
         return response
 
+    async def truncated(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": "1000"})
+        await response.prepare(request)
+        await response.write(b"x" * 10)
+        assert request.transport is not None
+        request.transport.close()  # 990 bytes short
+        return response
+
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound(request.query["to"])
 
@@ -155,6 +166,7 @@ def clip_app() -> web.Application:
     app.router.add_get("/clip.mp4", clip)
     app.router.add_get("/chunked", chunked)
     app.router.add_get("/stall", stall)
+    app.router.add_get("/truncated", truncated)
     app.router.add_get("/redirect", redirect)
     app.router.add_get("/missing", missing)
     app.router.add_get("/loop", loop)
@@ -187,11 +199,34 @@ async def test_loopback_is_refused_without_the_allow_list(
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_a_name_resolving_to_loopback_is_refused(server: TestServer, tmp_path: Path) -> None:
-    # A name goes through the resolver check, at connect time.
-    error = await fetch_error(url(server, "/clip.mp4", host="localhost"), Settings(), tmp_path)
+async def test_a_name_resolving_to_loopback_is_refused(
+    server: TestServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A name goes through the resolver check, at connect time. The message does not tell what
+    # the name resolves to (that would map internal DNS); the log does.
+    async def resolve(self: object, host: str, port: int = 0, family: int = 0) -> list[object]:
+        flags = socket.AI_NUMERICHOST
+        return [{"hostname": host, "host": "127.0.0.1", "port": port, "family": socket.AF_INET,
+                 "proto": 0, "flags": flags}]  # fmt: skip
+
+    monkeypatch.setattr(aiohttp.ThreadedResolver, "resolve", resolve)
+    caplog.set_level(logging.WARNING, logger="streams.stages.fetch")
+    uri = url(server, "/clip.mp4", host="cams.example.com")
+    error = await fetch_error(uri, Settings(), tmp_path)
     assert error.code == ErrorCode.SOURCE_FORBIDDEN
-    assert "localhost resolves to" in str(error)
+    assert str(error) == f"{uri}: {FORBIDDEN}"
+    assert "127.0.0.1" not in str(error)
+    assert "cams.example.com resolves to 127.0.0.1" in caplog.text
+
+
+async def test_localhost_is_refused_by_name(server: TestServer, tmp_path: Path) -> None:
+    for host in ("localhost", "LocalHost.", "cam.localhost"):
+        error = await fetch_error(url(server, "/clip.mp4", host=host), Settings(), tmp_path)
+        assert error.code == ErrorCode.SOURCE_FORBIDDEN
+        assert "127.0.0.1" not in str(error)
 
 
 async def test_an_allowed_name_may_resolve_to_loopback(server: TestServer, tmp_path: Path) -> None:
@@ -203,8 +238,17 @@ async def test_an_allowed_name_may_resolve_to_loopback(server: TestServer, tmp_p
 async def test_the_query_string_never_appears_in_errors(server: TestServer, tmp_path: Path) -> None:
     error = await fetch_error(url(server, "/missing?X-Amz-Signature=topsecret"), LOCAL, tmp_path)
     assert error.code == ErrorCode.FETCH_FAILED
-    assert "HTTP 404" in str(error)
+    assert str(error) == f"{url(server, '/missing')}: the download failed (HTTP 404)"
     assert "topsecret" not in str(error)
+
+
+async def test_userinfo_is_refused_and_never_shown(server: TestServer, tmp_path: Path) -> None:
+    error = await fetch_error(
+        f"http://cam:hunter2@127.0.0.1:{server.port}/clip.mp4", LOCAL, tmp_path
+    )
+    assert error.code == ErrorCode.SOURCE_FORBIDDEN
+    assert "hunter2" not in str(error)
+    assert "cam:" not in str(error)
 
 
 async def test_size_cap_from_content_length(server: TestServer, tmp_path: Path) -> None:
@@ -228,12 +272,29 @@ async def test_stalled_server_times_out(server: TestServer, tmp_path: Path) -> N
     assert "timed out" in str(error)
 
 
+async def test_a_transfer_that_breaks_off(server: TestServer, tmp_path: Path) -> None:
+    error = await fetch_error(url(server, "/truncated"), LOCAL, tmp_path)
+    assert error.code == ErrorCode.FETCH_FAILED
+    assert (
+        str(error) == f"{url(server, '/truncated')}: the download failed (the transfer broke off)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 async def test_connection_refused(tmp_path: Path) -> None:
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     error = await fetch_error(f"http://127.0.0.1:{port}/a.mp4", LOCAL, tmp_path)
     assert error.code == ErrorCode.FETCH_FAILED
+    # Refused, reset and timed out read the same: the message says nothing about the port.
+    assert str(error) == f"http://127.0.0.1:{port}/a.mp4: the download failed"
+
+
+async def test_an_unresolvable_name_fails_with_the_same_message(tmp_path: Path) -> None:
+    error = await fetch_error("http://no-such-host.invalid/a.mp4", LOCAL, tmp_path)
+    assert error.code == ErrorCode.FETCH_FAILED
+    assert str(error) == "http://no-such-host.invalid/a.mp4: the download failed"
 
 
 async def test_redirect_to_an_allowed_host_is_followed(server: TestServer, tmp_path: Path) -> None:
@@ -259,6 +320,34 @@ async def test_redirect_to_a_blocked_address_is_refused(
     assert error.code == ErrorCode.SOURCE_FORBIDDEN
 
 
+async def test_a_refused_redirect_says_so_without_echoing_it(
+    server: TestServer, tmp_path: Path
+) -> None:
+    front = url(server, "/redirect")
+    error = await fetch_error(f"{front}?to=file:///etc/passwd", LOCAL, tmp_path)
+    assert error.code == ErrorCode.SOURCE_FORBIDDEN
+    assert str(error) == (
+        f"{front}: a redirect was not followed: only http:// and https:// are accepted"
+    )
+    error = await fetch_error(f"{front}?to=http://10.0.0.1/x.mp4", LOCAL, tmp_path)
+    assert str(error) == f"{front}: a redirect was not followed: {FORBIDDEN}"
+
+
+async def test_log_lines_carry_no_query_strings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="streams.stages.fetch")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    await fetch_error(f"http://127.0.0.1:{port}/a.mp4?sig=topsecret", LOCAL, tmp_path)
+    assert f"127.0.0.1:{port}" in caplog.text  # the detail is in the log...
+    assert "topsecret" not in caplog.text  # ...the credentials are not
+    text = "InvalidURL: http://u:pw@h/a?sig=topsecret and http://h/a?sig=topsecret"
+    assert "topsecret" not in _redact(text, ("http://u:pw@h/a?sig=topsecret",))
+    assert "u:pw" not in _redact(text, ("http://u:pw@h/a?sig=topsecret",))
+
+
 async def test_redirect_loop_stops(server: TestServer, tmp_path: Path) -> None:
     error = await fetch_error(url(server, "/loop"), LOCAL, tmp_path)
     assert error.code == ErrorCode.FETCH_FAILED
@@ -281,6 +370,11 @@ async def test_redirect_loop_stops(server: TestServer, tmp_path: Path) -> None:
         ("fe80::1", True),
         ("fc00::1", True),
         ("::ffff:127.0.0.1", True),
+        ("::127.0.0.1", True),  # IPv4-compatible (deprecated)
+        ("2002:7f00:1::", True),  # 6to4 around 127.0.0.1
+        ("2002:a00:1::", True),  # 6to4 around 10.0.0.1
+        ("64:ff9b::7f00:1", True),  # NAT64 around 127.0.0.1
+        ("fe80::1%eth0", True),
         ("ff02::1", True),
         ("8.8.8.8", False),
         ("151.101.1.69", False),
