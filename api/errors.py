@@ -27,10 +27,21 @@ class ErrorKind:
 INVALID = ErrorKind("invalid", 400, "a field or query parameter is invalid (named in `field`)")
 UNAUTHORIZED = ErrorKind("unauthorized", 401, "no valid API key")
 FORBIDDEN = ErrorKind("forbidden", 403, "the body's `tenant` is not the API key's tenant")
-NOT_FOUND = ErrorKind("not_found", 404, "no result with that id for this tenant")
+NOT_FOUND = ErrorKind(
+    "not_found", 404, "no result with that id for this tenant, or no such endpoint"
+)
+METHOD_NOT_ALLOWED = ErrorKind("method_not_allowed", 405, "the endpoint does not take this method")
+REQUEST_TIMEOUT = ErrorKind(
+    "request_timeout", 408, "the body did not arrive within CLIPGUARD_BODY_TIMEOUT_S"
+)
 TOO_LARGE = ErrorKind("too_large", 413, "the body or the clip is over CLIPGUARD_MAX_UPLOAD_BYTES")
 UNSUPPORTED_MEDIA_TYPE = ErrorKind(
     "unsupported_media_type", 415, "the body is neither multipart/form-data nor application/json"
+)
+QUOTA_EXCEEDED = ErrorKind(
+    "quota_exceeded",
+    429,
+    "the tenant's upload quota or its sync=true requests in flight are used up",
 )
 UNAVAILABLE = ErrorKind("unavailable", 503, "the clip could not be queued (Kafka); retry")
 OWNER_UNAVAILABLE = ErrorKind(
@@ -43,8 +54,11 @@ ERRORS: tuple[ErrorKind, ...] = (
     UNAUTHORIZED,
     FORBIDDEN,
     NOT_FOUND,
+    METHOD_NOT_ALLOWED,
+    REQUEST_TIMEOUT,
     TOO_LARGE,
     UNSUPPORTED_MEDIA_TYPE,
+    QUOTA_EXCEEDED,
     UNAVAILABLE,
     OWNER_UNAVAILABLE,
     TIMEOUT,
@@ -64,9 +78,34 @@ class HttpError(Exception):
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+# aiohttp's own refusals (no route, wrong method, body over client_max_size) as table errors.
+_AIOHTTP_STATUSES = {404: NOT_FOUND, 405: METHOD_NOT_ALLOWED, 413: TOO_LARGE}
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except HttpError as exc:
         return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:  # redirects and the like are answers, not errors
+            raise
+        kind = _AIOHTTP_STATUSES.get(exc.status, INVALID)
+        response = HttpError(kind, exc.reason).response()
+        if "Allow" in exc.headers:  # a 405 says which methods the endpoint takes (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
+
+# What ClipGuard serves. Anything else on the web server (Faust's own views, should a Faust
+# upgrade turn one back on) answers 404, with or without a key.
+ALLOWED_PATHS = frozenset({"/health", "/ready"})
+ALLOWED_PREFIXES = ("/api/",)
+
+
+@web.middleware
+async def allow_list_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in ALLOWED_PATHS and not request.path.startswith(ALLOWED_PREFIXES):
+        raise HttpError(NOT_FOUND, "no such endpoint")
+    return await handler(request)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,13 +51,14 @@ class Arrival:
 class ResultWatcher:
     """One consumer on the results topic: for each clip id, when its final result arrived."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, client: Mapping[str, Any] | None = None) -> None:
         self._consumer = AIOKafkaConsumer(
             topic,
             bootstrap_servers=bootstrap,
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             fetch_max_wait_ms=50,
+            **(client or {}),
         )
         self.arrived: dict[bytes, Arrival] = {}
         self._changed = asyncio.Event()
@@ -120,9 +121,11 @@ def _arrival(now: float, value: bytes) -> Arrival:
 class Requester:
     """Produces clip requests; `sent` maps each clip id to its send (or scheduled) time."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, client: Mapping[str, Any] | None = None) -> None:
         self.topic = topic
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", linger_ms=0, **(client or {})
+        )
 
     async def start(self) -> None:
         await self._producer.start()

@@ -40,6 +40,7 @@ from bench.stats import (
     table,
     throughput_verdict,
 )
+from devtools import kafka_acl
 from devtools.cluster import WorkerProcess, free_ports, wait_ready, worker_env
 from devtools.procs import cpu_seconds, load_average, machine_info, tree_cpu_seconds, tree_memory
 from streams.settings import PROJECT_ROOT, Settings
@@ -87,7 +88,7 @@ def clip_set(quick: bool) -> list[Path]:
 
 def prepare_media(workdir: Path, clips: list[Path]) -> list[Path]:
     media = workdir / "media"
-    (media / "uploads").mkdir(parents=True)
+    media.mkdir(parents=True)
     copies = []
     for clip in clips:
         target = media / clip.name
@@ -162,9 +163,12 @@ class Deployment:
         self.prefix = f"bench-{uuid.uuid4().hex[:10]}"
         self.workers: list[WorkerProcess] = []
         self.bootstrap = ""
+        self.client: dict[str, str] = {}
 
     def start_broker(self) -> None:
         self.bootstrap = self.broker.start()
+        kafka_acl.prepare(self.broker, self.prefix, self.prefix)  # users and ACLs, as make run
+        self.client = kafka_acl.aiokafka_options(self.broker)
 
     def broker_pid(self) -> int:
         try:
@@ -175,7 +179,13 @@ class Deployment:
     async def add_worker(self, timeout_s: float = 240) -> WorkerProcess:
         name = f"w{len(self.workers) + 1}"
         worker = WorkerProcess(
-            worker_env(self.bootstrap, self.prefix, self.workdir, name),
+            worker_env(
+                self.bootstrap,
+                self.prefix,
+                self.workdir,
+                name,
+                kafka_acl.worker_settings(self.broker),
+            ),
             self.workdir / f"{name}.log",
         )
         self.workers.append(worker)
@@ -218,8 +228,10 @@ async def pipeline_phases(
         api_key = add_key(workdir / "keys.json", "bench")
         w1 = await deployment.add_worker()
         topic = f"{deployment.prefix}.requests"
-        watcher = ResultWatcher(deployment.bootstrap, f"{deployment.prefix}.results")
-        requester = Requester(deployment.bootstrap, topic)
+        watcher = ResultWatcher(
+            deployment.bootstrap, f"{deployment.prefix}.results", deployment.client
+        )
+        requester = Requester(deployment.bootstrap, topic, deployment.client)
         await watcher.start()
         await requester.start()
         uris = [c.as_uri() for c in clips]
@@ -634,9 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     try:
         clips = prepare_media(workdir, sources)
-        settings = Settings(
-            media_roots=(workdir / "media",), upload_dir=workdir / "media" / "uploads"
-        )
+        settings = Settings(media_roots=(workdir / "media",), upload_dir=workdir / "uploads")
         report["settings"] = {
             "sample_fps": settings.sample_fps,
             "analysis_height": settings.analysis_height,

@@ -17,8 +17,10 @@ import argparse
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -87,12 +89,48 @@ class Broker:
         port: int = DEFAULT_PORT,
         host: str = "127.0.0.1",
         controller_port: int | None = None,
+        *,
+        sasl: bool | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.host = host
         self.controller_port = port + 1 if controller_port is None else controller_port
+        # SASL/SCRAM with ACLs unless asked otherwise (plaintext: nothing but this machine
+        # may reach the broker); None: as the data dir was set up, else SASL.
+        marker = self.data_dir / "security"
+        if sasl is None:
+            sasl = not (marker.exists() and marker.read_text().strip() == "plaintext")
+        self.sasl = sasl
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def credentials_file(self) -> Path:
+        """Passwords of the broker's SCRAM users (admin and those devtools/kafka_acl.py adds)."""
+        return self.data_dir / "credentials.json"
+
+    def credentials(self) -> dict[str, str]:
+        try:
+            users = json.loads(self.credentials_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise BrokerError(f"{self.credentials_file} is not valid JSON: {exc}") from exc
+        if not isinstance(users, dict):
+            raise BrokerError(f"{self.credentials_file} must be a JSON object of passwords")
+        return {str(k): str(v) for k, v in users.items()}
+
+    def save_credentials(self, users: dict[str, str]) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        _write_private(self.credentials_file, json.dumps(users, indent=2) + "\n")
+
+    @property
+    def admin_password(self) -> str:
+        users = self.credentials()
+        if "admin" not in users:
+            users["admin"] = secrets.token_urlsafe(24)
+            self.save_credentials(users)
+        return users["admin"]
 
     @property
     def bootstrap(self) -> str:
@@ -240,7 +278,7 @@ class Broker:
         cluster_id = None
         if pid is not None:
             with contextlib.suppress(OSError, ValueError):
-                cluster_id = probe_metadata(self.host, self.port, timeout_s=2.0)
+                cluster_id = self._probe()
         return BrokerStatus(
             running=pid is not None,
             pid=pid,
@@ -253,15 +291,36 @@ class Broker:
     # -- internals ----------------------------------------------------------------------
 
     def _write_config(self) -> None:
+        fields = {
+            "host": self.host,
+            "port": self.port,
+            "controller_port": self.controller_port,
+            "log_dir": self.log_dir,
+            "admin_password": self.admin_password if self.sasl else "",
+        }
+        listeners = "sasl" if self.sasl else "plaintext"
+        listener_config = string.Template(
+            (KAFKA_DIR / f"{listeners}.properties.template").read_text()
+        ).substitute(fields)
         template = string.Template((KAFKA_DIR / "server.properties.template").read_text())
-        self.config_file.write_text(
-            template.substitute(
-                host=self.host,
-                port=self.port,
-                controller_port=self.controller_port,
-                log_dir=self.log_dir,
-            )
+        # Holds the admin password: private, like the credentials file.
+        _write_private(
+            self.config_file, template.substitute(fields, listener_config=listener_config)
         )
+        self._check_security_matches()
+
+    def _check_security_matches(self) -> None:
+        """A data dir formatted for one listener setup cannot start with the other."""
+        marker = self.data_dir / "security"
+        wanted = "sasl" if self.sasl else "plaintext"
+        if (self.log_dir / "meta.properties").exists() and marker.exists():
+            found = marker.read_text().strip()
+            if found != wanted:
+                raise BrokerError(
+                    f"the broker in {self.data_dir} was formatted for {found}, not {wanted}: "
+                    "start it as before, or remove the data dir to start afresh"
+                )
+        marker.write_text(wanted + "\n")
 
     def _log_opts(self) -> list[str]:
         return [
@@ -284,6 +343,8 @@ class Broker:
             "--config",
             str(self.config_file),
         ]
+        if self.sasl:  # the super user must exist before the broker first talks to itself
+            cmd += ["--add-scram", f"SCRAM-SHA-256=[name=admin,password={self.admin_password}]"]
         done = subprocess.run(
             cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
         )
@@ -304,7 +365,7 @@ class Broker:
                     f"last lines of {self.log_file}:\n{self._log_tail()}"
                 )
             try:
-                if probe_metadata(self.host, self.port, timeout_s=2.0) is not None:
+                if self._probe() is not None:
                     return
             except (OSError, ValueError):
                 pass  # not listening yet, or closed the connection while starting
@@ -314,6 +375,10 @@ class Broker:
                     f"{timeout_s:.0f} s; last lines of {self.log_file}:\n{self._log_tail()}"
                 )
             time.sleep(0.2)
+
+    def _probe(self) -> str | None:
+        plain = ("admin", self.admin_password) if self.sasl else None
+        return probe_metadata(self.host, self.port, timeout_s=2.0, plain=plain)
 
     def _terminate(self, pid: int, timeout_s: float) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -410,22 +475,22 @@ def _check_port_free(host: str, port: int) -> None:
             ) from exc
 
 
-def probe_metadata(host: str, port: int, timeout_s: float = 2.0) -> str | None:
+def probe_metadata(
+    host: str, port: int, timeout_s: float = 2.0, plain: tuple[str, str] | None = None
+) -> str | None:
     """Send one Kafka Metadata request (v4, no topics) and return the cluster id once the
-    broker lists at least one live broker, else None. Raises OSError if nothing answers."""
-    # Metadata v4 is the oldest version Kafka 4 still serves (KIP-896) and is not yet a
-    # "flexible" version, so it is plain fixed-width fields.
-    api_key, api_version, correlation_id = 3, 4, 1
-    client_id = b"clipguard-probe"
-    header = struct.pack(">hhih", api_key, api_version, correlation_id, len(client_id))
-    body = struct.pack(">ib", 0, 0)  # empty topic list; allow_auto_topic_creation=false
-    request = header + client_id + body
+    broker lists at least one live broker, else None. Raises OSError if nothing answers.
+
+    `plain`: (user, password) to authenticate first with SASL/PLAIN (a SASL listener)."""
     with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        sock.sendall(struct.pack(">i", len(request)) + request)
-        size = struct.unpack(">i", _recv_exact(sock, 4))[0]
-        data = _recv_exact(sock, size)
+        if plain is not None:
+            _sasl_plain(sock, *plain)
+        # Metadata v4 is the oldest version Kafka 4 still serves (KIP-896) and is not yet a
+        # "flexible" version, so it is plain fixed-width fields.
+        body = struct.pack(">ib", 0, 0)  # empty topic list; allow_auto_topic_creation=false
+        data = _call(sock, api_key=3, api_version=4, correlation_id=1, body=body)
     reader = _Reader(data)
-    if reader.int32() != correlation_id:
+    if reader.int32() != 1:  # the correlation id of the metadata request
         raise ValueError("metadata response for another request")
     reader.int32()  # throttle_time_ms
     brokers = reader.int32()
@@ -436,6 +501,52 @@ def probe_metadata(host: str, port: int, timeout_s: float = 2.0) -> str | None:
         reader.string()  # rack
     cluster_id = reader.string()
     return cluster_id if brokers > 0 and cluster_id else None
+
+
+def _call(
+    sock: socket.socket, *, api_key: int, api_version: int, correlation_id: int, body: bytes
+) -> bytes:
+    """One request with a v1 (non-flexible) header; the response without its size."""
+    client_id = b"clipguard-probe"
+    header = struct.pack(">hhih", api_key, api_version, correlation_id, len(client_id))
+    request = header + client_id + body
+    sock.sendall(struct.pack(">i", len(request)) + request)
+    size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+    return _recv_exact(sock, size)
+
+
+def _sasl_plain(sock: socket.socket, user: str, password: str) -> None:
+    """SaslHandshake v1 (PLAIN), then SaslAuthenticate v0; ValueError when refused."""
+    mechanism = b"PLAIN"
+    reply = _call(
+        sock,
+        api_key=17,
+        api_version=1,
+        correlation_id=101,
+        body=struct.pack(">h", len(mechanism)) + mechanism,
+    )
+    if struct.unpack_from(">h", reply, 4)[0] != 0:
+        raise ValueError("the broker does not take SASL/PLAIN")
+    token = b"\0" + user.encode() + b"\0" + password.encode()
+    reply = _call(
+        sock,
+        api_key=36,
+        api_version=0,
+        correlation_id=102,
+        body=struct.pack(">i", len(token)) + token,
+    )
+    if struct.unpack_from(">h", reply, 4)[0] != 0:
+        raise ValueError("the broker refused the probe's SASL/PLAIN login")
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (it holds a password)."""
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.unlink(missing_ok=True)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(temp, path)
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -502,6 +613,12 @@ def cli(argv: Sequence[str]) -> int:
         help="configuration, log and data of the broker (default %(default)s)",
     )
     parser.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no authentication (SASL/SCRAM and ACLs are on by default); only for a broker "
+        "nothing but this machine can reach",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=90.0,
@@ -512,7 +629,8 @@ def cli(argv: Sequence[str]) -> int:
     port = args.port
     if port is None:
         port = DEFAULT_PORT if args.action == "start" else _configured_port(args.data_dir)
-    broker = Broker(args.data_dir, port=port or DEFAULT_PORT)
+    sasl = False if args.plaintext else None  # None: as the data dir was set up, else SASL
+    broker = Broker(args.data_dir, port=port or DEFAULT_PORT, sasl=sasl)
     try:
         if args.action == "start":
             print(broker.start(timeout_s=args.timeout))

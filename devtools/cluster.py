@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from devtools.procs import children_of
@@ -36,8 +37,15 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
-def worker_env(bootstrap: str, prefix: str, workdir: Path, name: str) -> dict[str, str]:
-    """The shipped defaults (decode_workers, inference_threads...) plus this run's wiring."""
+def worker_env(
+    bootstrap: str,
+    prefix: str,
+    workdir: Path,
+    name: str,
+    kafka: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The shipped defaults (decode_workers, inference_threads...) plus this run's wiring;
+    `kafka`: the CLIPGUARD_KAFKA_* settings of the worker's principal (kafka_acl.worker_settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGUARD_")}
     (port,) = free_ports(1)
     env.update(
@@ -50,11 +58,13 @@ def worker_env(bootstrap: str, prefix: str, workdir: Path, name: str) -> dict[st
             "CLIPGUARD_WEB_HOST": "127.0.0.1",
             "CLIPGUARD_WEB_PORT": str(port),
             "CLIPGUARD_API_KEYS_FILE": str(workdir / "keys.json"),
+            "CLIPGUARD_INTERNAL_SECRET_FILE": str(workdir / "internal-secret"),
             "CLIPGUARD_MEDIA_ROOTS": str(workdir / "media"),
-            "CLIPGUARD_UPLOAD_DIR": str(workdir / "media" / "uploads"),
+            "CLIPGUARD_UPLOAD_DIR": str(workdir / "uploads"),
             "CLIPGUARD_SYNC_TIMEOUT_S": "120",
         }
     )
+    env.update(kafka or {"CLIPGUARD_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"})
     return env
 
 

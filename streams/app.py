@@ -20,8 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
+from faust.exceptions import ProducerSendError
 
+from streams.admin import client_options
 from streams.codec import RESULT, AvroCodec, default_codec
 from streams.errors import ErrorCode
 from streams.pipeline import (
@@ -32,6 +41,7 @@ from streams.pipeline import (
     Out,
     ResultsStep,
     dead_letter,
+    undeliverable,
 )
 from streams.results import is_final
 from streams.settings import Settings
@@ -39,11 +49,35 @@ from streams.stages.models import ModelPack
 from streams.stages.policy import PolicyBook, load_policies
 from streams.stages.pool import DecodePool, decode_to_jpeg
 from streams.stages.uploads import UploadStore
-from streams.topics import MAX_MESSAGE_BYTES, RESULT_TABLE, Topic, changelog_config
+from streams.topics import MAX_MESSAGE_BYTES, RESULT_TABLE, Topic, changelog_config, intake_topics
 
 log = logging.getLogger(__name__)
 
 Step = Callable[[bytes, Origin], Awaitable[list[Out]]]
+
+
+# Kafka's answers that no retry can change: the record, the topic or our rights are wrong.
+PERMANENT_ERRORS: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a failed send can never succeed (Faust wraps the client's error, or has none)."""
+    root = exc.__cause__ if isinstance(exc, ProducerSendError) else exc
+    if isinstance(exc, ProducerSendError) and not isinstance(root, KafkaError):
+        return True  # Faust refused it itself (e.g. over producer_max_request_size)
+    return isinstance(root, PERMANENT_ERRORS)
+
+
+class Undeliverable(Exception):
+    def __init__(self, out: Out, cause: BaseException) -> None:
+        super().__init__(f"{out.topic} refused an output for good: {cause!r}")
+        self.out, self.cause = out, cause
 
 
 @dataclass
@@ -64,7 +98,8 @@ class Runtime:
         """Produce `outs` and wait until Kafka has them, retrying while it is unreachable.
 
         Faust acks the input message once the agent moves on, so an output lost here would be
-        a clip lost for good: block this agent instead, until the broker takes it.
+        a clip lost for good: block this agent instead, until the broker takes it. What can
+        never succeed (a record too large, a topic we may not write) raises Undeliverable.
         """
         for out in outs:
             delay = 0.5
@@ -73,7 +108,9 @@ class Runtime:
                     pending = await self.topics[out.topic].send(key=out.key, value=out.value)
                     await pending
                     break
-                except KafkaError as exc:
+                except (KafkaError, ProducerSendError) as exc:
+                    if is_permanent(exc):
+                        raise Undeliverable(out, exc) from exc
                     log.warning(
                         "sending to %s failed (%s); retrying in %.1f s", out.topic, exc, delay
                     )
@@ -108,6 +145,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=_credentials(settings),
         store=settings.store,
         datadir=str(settings.data_dir),
         web_host=settings.web_host,
@@ -119,6 +157,13 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         web_enabled=True,
+        # Faust's own views would serve every tenant's table entries and the cluster's layout
+        # without a key; ClipGuard serves only its own routes (api/errors.py allow-list).
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_graph_enabled=False,
+        web_stats_enabled=False,
+        web_metrics_enabled=False,
         table_standby_replicas=0,
         # A decoded clip of max_frames JPEG frames can pass Kafka's default 1 MB.
         producer_max_request_size=MAX_MESSAGE_BYTES,
@@ -138,6 +183,18 @@ def create_app(settings: Settings) -> faust.App:
     _add_lifecycle(app, runtime, policies)
     _add_agents(app, runtime)
     return app
+
+
+def _credentials(settings: Settings) -> faust.SASLCredentials | None:
+    options = client_options(settings)  # checks the settings first
+    if options["security_protocol"] == "PLAINTEXT":
+        return None
+    return faust.SASLCredentials(
+        username=settings.kafka_username,
+        password=settings.kafka_password,
+        mechanism=settings.kafka_sasl_mechanism,
+        ssl_context=options.get("ssl_context"),
+    )
 
 
 def runtime_of(app: faust.App) -> Runtime:
@@ -169,7 +226,9 @@ def _add_lifecycle(app: faust.App, runtime: Runtime, policies: PolicyBook) -> No
         settings = runtime.settings
         pool = DecodePool(settings, decode_fn=decode_to_jpeg)
         pools.append(pool)
-        runtime.decode_step = DecodeStep(settings, runtime.codec, pool, uploads)
+        runtime.decode_step = DecodeStep(
+            settings, runtime.codec, pool, uploads, intake_topics(settings)
+        )
         loop = asyncio.get_running_loop()
         pack = await loop.run_in_executor(
             inference, ModelPack.load, settings.models_dir, settings.inference_threads
@@ -223,16 +282,30 @@ async def _run_step(
                     clip_id=None,
                 )
             ]
-        await runtime.send(outs)
+        await _deliver(runtime, outs, event.value, origin)
         yield None
+
+
+async def _deliver(runtime: Runtime, outs: list[Out], value: bytes, origin: Origin) -> None:
+    """Send a step's outputs; one Kafka refuses for good is answered as an error instead."""
+    try:
+        await runtime.send(outs)
+    except Undeliverable as exc:
+        log.error("%s: %s; the clip gets an error result", origin, exc)
+        fallback = undeliverable(runtime.codec, origin, value, exc.out, repr(exc.cause)[:300])
+        try:
+            await runtime.send(fallback)
+        except Undeliverable as again:  # even the error could not be written: say so loudly
+            log.error("%s: the error result was refused too (%s); input dropped", origin, again)
 
 
 def _add_agents(app: faust.App, runtime: Runtime) -> None:
     settings, topics = runtime.settings, runtime.topics
 
-    @app.agent(
-        topics[Topic.REQUESTS], concurrency=max(1, settings.decode_workers), name="clipguard.decode"
-    )
+    # The requests topic (written by the HTTP API, i.e. the worker) and each tenant's intake.
+    requests = _raw_topic(app, settings, settings.topic(Topic.REQUESTS), *intake_topics(settings))
+
+    @app.agent(requests, concurrency=max(1, settings.decode_workers), name="clipguard.decode")
     async def decode_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for _ in _run_step(runtime, stream, lambda: runtime.decode_step):
             yield None

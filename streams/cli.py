@@ -29,9 +29,14 @@ def _main(argv: list[str]) -> int:
         "run", help="development: start the local broker, create a dev key, run a worker"
     )
     sub.add_parser("broker", help="the local Kafka broker: start|stop|status", add_help=False)
-    keys = sub.add_parser("keys", help="API keys")
-    keys.add_argument("action", choices=["add"])
-    keys.add_argument("tenant")
+    keys = sub.add_parser("keys", help="API keys: add TENANT | list | revoke ID | migrate")
+    key_actions = keys.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("add", help="create a key for TENANT (shown once)").add_argument(
+        "tenant"
+    )
+    key_actions.add_parser("list", help="id, tenant and creation time of every key")
+    key_actions.add_parser("revoke", help="remove the key with this id").add_argument("id")
+    key_actions.add_parser("migrate", help="rewrite a version 1 file (plaintext) with digests")
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "broker":  # development tooling, not part of a worker
@@ -41,12 +46,41 @@ def _main(argv: list[str]) -> int:
     settings = Settings.from_env()
     if args.command == "run":
         return int(_devtools("run").run(settings))
-    from streams.wiring import add_api_key, run_worker
-
     if args.command == "keys":
-        print(add_api_key(settings.api_keys_file, args.tenant))
-        return 0
+        return _keys(args, settings)
+    from streams.wiring import run_worker
+
     return run_worker(settings)
+
+
+def _keys(args: argparse.Namespace, settings: Settings) -> int:
+    """`clipguard keys ...`: the key file is settings.api_keys_file (CLIPGUARD_API_KEYS_FILE)."""
+    from streams import wiring
+
+    path = settings.api_keys_file
+    if args.action == "add":
+        new = wiring.create_api_key(path, args.tenant)
+        print(new.key)  # stdout: the key alone, so that KEY=$(clipguard keys add T) works
+        print(
+            f"API key {new.info.id} for tenant {new.info.tenant} added to {path}; it is shown "
+            "only this once (the file keeps its digest)",
+            file=sys.stderr,
+        )
+    elif args.action == "list":
+        infos = wiring.list_api_keys(path)
+        print("id\ttenant\tcreated_at")
+        for info in infos:
+            print(f"{info.id}\t{info.tenant}\t{info.created_at or '-'}")
+    elif args.action == "revoke":
+        info = wiring.revoke_api_key(path, args.id)
+        print(
+            f"revoked API key {info.id} of tenant {info.tenant}; workers refuse it within a second"
+        )
+    else:
+        version = wiring.migrate_api_keys(path)
+        done = "already stores digests only" if version == 2 else "now stores digests only"
+        print(f"API key file {path} (version {version}) {done}")
+    return 0
 
 
 def _devtools(name: str) -> ModuleType:

@@ -30,8 +30,10 @@ class ErrorCode(IntEnum):
     INFERENCE_FAILED = 301
     # 4xx: the message itself
     MALFORMED_MESSAGE = 401
-    # 5xx: a bug of ours
+    ID_CONFLICT = 402
+    # 5xx: a bug of ours, or Kafka refusing an output of ours for good
     INTERNAL = 500
+    UNDELIVERABLE = 501
 
 
 class ClipGuardError(Exception):

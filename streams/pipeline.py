@@ -19,7 +19,7 @@ import collections
 import logging
 import tempfile
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +28,8 @@ from typing import Any, cast
 from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, AvroCodec
 from streams.errors import ClipError, CodecError, ErrorCode
 from streams.records import (
+    ID_PATTERN,
+    TENANT_PATTERN,
     ClassificationResult,
     ClipRequest,
     DeadLetter,
@@ -44,11 +46,13 @@ from streams.results import (
     finish_timing,
     is_final,
     iso_timestamp,
+    videoname_of,
 )
 from streams.settings import Settings
 from streams.stages.classify import ClipScores, classify
 from streams.stages.fetch import fetch
 from streams.stages.frames import from_jpeg, to_jpeg
+from streams.stages.uploads import SCHEME as UPLOAD_SCHEME
 from streams.stages.uploads import UploadStore
 from streams.topics import Topic
 
@@ -132,6 +136,77 @@ def malformed(codec: AvroCodec, origin: Origin, value: bytes, stage: str, exc: C
     )
 
 
+def check_request(request: ClipRequest, origin: Origin, topic_tenant: str | None = None) -> None:
+    """What a clip request must be before we act on it (CodecError: it is not one of ours).
+
+    The id is the key of everything downstream, so it must be an id we would have made, and the
+    message key must be it (or the clip's history would span partitions). On a tenant's intake
+    topic, which only that tenant's principal may write, the request must name that tenant.
+    """
+    if not ID_PATTERN.fullmatch(request["id"]):
+        raise CodecError(f"id {request['id'][:40]!r} is not 24 lowercase hex characters")
+    if not TENANT_PATTERN.fullmatch(request["tenant"]):
+        raise CodecError(f"tenant {request['tenant'][:70]!r} is not a valid tenant name")
+    if origin.key != request["id"].encode():
+        raise CodecError(f"the message key is not the clip id {request['id']}")
+    if topic_tenant is not None and request["tenant"] != topic_tenant:
+        raise CodecError(
+            f"a request on {origin.topic} (tenant {topic_tenant}) names tenant {request['tenant']}"
+        )
+
+
+def undeliverable(
+    codec: AvroCodec, origin: Origin, value: bytes, failed: Out, reason: str
+) -> list[Out]:
+    """Kafka refused one of a step's outputs for good (too large, topic invalid, not allowed).
+
+    Retrying cannot help, so the clip is answered with an error result (when the refused output
+    says which clip it was) and the input goes to the dead letters, byte for byte.
+    """
+    request = _request_in(codec, failed)
+    clip_id = None if request is None else request["id"]
+    message = f"an output for {failed.topic} was refused by Kafka: {reason}"
+    letter = dead_letter(
+        codec,
+        origin,
+        value,
+        stage="deliver",
+        code=ErrorCode.UNDELIVERABLE,
+        message=message,
+        clip_id=clip_id,
+    )
+    if request is None or failed.topic is Topic.DEADLETTER:
+        return [letter]
+    result = error_result(
+        request, ErrorCode.UNDELIVERABLE, f"clip {clip_id}: {message}", started_at="", timing={}
+    )
+    return [Out(Topic.RESULTS, failed.key, codec.serialize(RESULT, result)), letter]
+
+
+def _request_in(codec: AvroCodec, out: Out) -> ClipRequest | None:
+    """The clip request behind an output of ours (enough of it to address an error result)."""
+    try:
+        if out.topic is Topic.DECODED:
+            return codec.parse(out.value, expect=DECODED)["request"]
+        if out.topic in (Topic.RESULTS, Topic.PROGRESS):
+            result = codec.parse(out.value, expect=RESULT)
+            return {
+                "id": result["id"],
+                "tenant": result["tenant"],
+                "camera_id": result["camera_id"],
+                "parent_id": result["parent_id"],
+                "analyse_id": result["analyse_id"],
+                "video_uri": "",
+                "videoname": result["video"]["videoname"],
+                "filesize": result["video"]["filesize"],
+                "metadata": result["metadata"],
+                "created_at": result["created_at"],
+            }
+    except CodecError:
+        return None
+    return None
+
+
 def _video(decoded: DecodedClip) -> Video:
     """The result's `video` object, from a decoded clip message."""
     return {
@@ -149,16 +224,24 @@ class DecodeStep:
     """requests -> decoded + progress (or error result + dead letter)."""
 
     def __init__(
-        self, settings: Settings, codec: AvroCodec, pool: Any, uploads: UploadStore
+        self,
+        settings: Settings,
+        codec: AvroCodec,
+        pool: Any,
+        uploads: UploadStore,
+        intake_tenants: Mapping[str, str] | None = None,
     ) -> None:
         self.settings = settings
         self.codec = codec
         self.pool = pool
         self.uploads = uploads
+        # A tenant's intake topic (only its VMS principal may write it) -> that tenant.
+        self.intake_tenants = dict(intake_tenants or {})
 
     async def __call__(self, value: bytes, origin: Origin) -> list[Out]:
         try:
             request = self.codec.parse(value, expect=REQUEST)
+            check_request(request, origin, self.intake_tenants.get(origin.topic))
         except CodecError as exc:
             return [malformed(self.codec, origin, value, "intake", exc)]
         started_at = iso_timestamp()
@@ -169,6 +252,13 @@ class DecodeStep:
             message = f"clip {request['id']}: {exc}" if exc.clip_id is None else str(exc)
             log.info("clip %s failed at decode (%s): %s", request["id"], origin, message)
             result = error_result(request, exc.code, message, started_at=started_at, timing=timing)
+            return error_outputs(self.codec, request, result, value, origin, "decode")
+        except Exception:  # a bug of ours: the clip still gets its answer
+            log.exception("clip %s: unexpected failure at decode (%s)", request["id"], origin)
+            message = f"clip {request['id']}: internal error while fetching or decoding"
+            result = error_result(
+                request, ErrorCode.INTERNAL, message, started_at=started_at, timing=timing
+            )
             return error_outputs(self.codec, request, result, value, origin, "decode")
         decoded["started_at"] = started_at
         progress = base_result(request, started_at=started_at)
@@ -183,14 +273,17 @@ class DecodeStep:
     async def _fetch_and_decode(
         self, request: ClipRequest, timing: dict[str, float]
     ) -> DecodedClip:
-        uri = self.uploads.resolve(request["video_uri"], request["id"])
+        uri = request["video_uri"]
         with tempfile.TemporaryDirectory(prefix="clipguard-fetch-") as scratch:
             start = time.perf_counter()
-            fetched = await fetch(uri, self.settings, Path(scratch))
+            if uri.startswith(UPLOAD_SCHEME):  # our own store: no fetch, the tenant's folder only
+                path = self.uploads.path_of(uri, request["id"], request["tenant"])
+            else:
+                path = (await fetch(uri, self.settings, Path(scratch))).path
             timing["fetch"] = _ms_since(start)
             start = time.perf_counter()
-            videoname = request["videoname"] or uri.rstrip("/").rsplit("/", 1)[-1]
-            clip = await self.pool.decode(fetched.path, self.settings, videoname)
+            videoname = request["videoname"] or videoname_of(uri)
+            clip = await self.pool.decode(path, self.settings, videoname)
             timing["decode"] = _ms_since(start) - clip.encode_ms
         frames = list(clip.jpeg_frames)
         timing["encode"] = clip.encode_ms
@@ -250,6 +343,7 @@ class ClassifyStep:
                 started_at=decoded["started_at"],
                 timing=timing,
                 video_done=True,
+                video=_video(decoded),
             )
             return error_outputs(self.codec, request, result, value, origin, "classify")
         result = base_result(request, started_at=decoded["started_at"])
@@ -301,6 +395,24 @@ class ResultsStep:
             return [malformed(self.codec, origin, value, "results", exc)]
         current = self.table.get(key)
         current_record = None if current is None else self.codec.parse(current, expect=RESULT)
+        if current_record is not None and current_record["tenant"] != incoming["tenant"]:
+            log.warning(
+                "%s: a result for %s claims tenant %r, but the id belongs to another tenant",
+                origin,
+                incoming["id"],
+                incoming["tenant"],
+            )
+            return [
+                dead_letter(
+                    self.codec,
+                    origin,
+                    value,
+                    stage="results",
+                    code=ErrorCode.ID_CONFLICT,
+                    message=f"id {incoming['id']} already belongs to another tenant",
+                    clip_id=incoming["id"],
+                )
+            ]
         if should_store(current_record, incoming):
             self.table[key] = value
             # Expired keys share this message's partition, so their deletions land in the

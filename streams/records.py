@@ -7,9 +7,14 @@ order and type) with the schema files, so a schema change the code forgot fails 
 
 from __future__ import annotations
 
+import re
 from typing import TypedDict
 
 MetadataValue = str | int | float | bool | None
+
+# What an id and a tenant name may be, wherever they arrive (HTTP, the requests topic, a key file).
+ID_PATTERN = re.compile(r"[0-9a-f]{24}")
+TENANT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class ClipRequest(TypedDict):

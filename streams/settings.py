@@ -26,6 +26,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class Settings:
     # Kafka and Faust
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # How the worker authenticates to Kafka (docs/security.md): SASL_PLAINTEXT or SASL_SSL with
+    # a SCRAM user of its own; PLAINTEXT only when asked for, for a broker nobody else reaches.
+    kafka_security_protocol: str = "SASL_PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-256"
+    kafka_username: str = ""
+    kafka_password: str = dataclasses.field(default="", repr=False)
+    kafka_ssl_cafile: Path | None = None
+    # Tenants whose VMSs publish clip requests on Kafka: each gets its own intake topic
+    # (<prefix>.intake.<tenant>) that only its principal may write, and the worker checks that
+    # every request there names that tenant.
+    kafka_tenants: tuple[str, ...] = ()
     app_id: str = "clipguard"
     topic_prefix: str = "clipguard"
     partitions: int = 4
@@ -40,13 +51,22 @@ class Settings:
     web_bind: str = ""
     web_port: int = 6066
     api_keys_file: Path = PROJECT_ROOT / ".clipguard" / "api-keys.json"
+    # Shared by the workers of one deployment: they sign lookups they forward to each other with
+    # it (api/internal.py) instead of passing on the tenant's key. Created by the first worker.
+    internal_secret_file: Path = PROJECT_ROOT / ".clipguard" / "internal-secret"
     sync_timeout_s: float = 30.0
     max_upload_bytes: int = 50 * 1024 * 1024
+    # What one tenant's stored uploads may take in all, and its sync=true requests at once
+    # (per worker), so one tenant cannot fill the disk or hold every connection.
+    tenant_upload_quota_bytes: int = 5 * 1024 * 1024 * 1024
+    tenant_sync_limit: int = 8
+    # A request body must arrive within this (a slow sender cannot hold an upload open).
+    body_timeout_s: float = 60.0
     result_retention_s: float = 7 * 24 * 3600.0
 
-    # Where clips may come from
+    # Where clips may come from. The upload store must not lie under a media root.
     media_roots: tuple[Path, ...] = (PROJECT_ROOT / ".clipguard" / "media",)
-    upload_dir: Path = PROJECT_ROOT / ".clipguard" / "media" / "uploads"
+    upload_dir: Path = PROJECT_ROOT / ".clipguard" / "uploads"
     http_connect_timeout_s: float = 5.0
     http_read_timeout_s: float = 30.0
     # Hosts (name or address) that http(s) fetches may reach even when they resolve to a
@@ -74,6 +94,17 @@ class Settings:
     inference_threads: int = 1
     # JSON file of per-tenant policies (thresholds, risk mapping); empty: built-in defaults.
     policy_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        uploads = Path(self.upload_dir).resolve()
+        for root in self.media_roots:
+            root = Path(root).resolve()
+            if uploads == root or root in uploads.parents or uploads in root.parents:
+                raise ConfigError(
+                    f"the upload store {self.upload_dir} (CLIPGUARD_UPLOAD_DIR) must not overlap "
+                    f"the media root {root} (CLIPGUARD_MEDIA_ROOTS): a file:// request could "
+                    "then read another tenant's upload"
+                )
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"

@@ -26,6 +26,14 @@ class Topic(StrEnum):
     DEADLETTER = "deadletter"  # what failed, with the original bytes and the reason
 
 
+INTAKE = "intake"  # <prefix>.intake.<tenant>: a VMS's clip requests, written by its principal only
+
+
+def intake_topics(settings: Settings) -> dict[str, str]:
+    """Real topic name -> tenant, for the tenants whose VMSs publish on Kafka."""
+    return {settings.topic(f"{INTAKE}.{tenant}"): tenant for tenant in settings.kafka_tenants}
+
+
 def retention_ms(settings: Settings) -> str:
     """Results (their topic and the table's changelog) are kept as long as the setting says."""
     return str(int(settings.result_retention_s * 1000))

@@ -41,5 +41,24 @@ def run_worker(settings: Settings) -> int:
 
 
 def add_api_key(keys_file: Path, tenant: str) -> str:
-    """A new API key for `tenant` (the `clipguard keys add` command and `clipguard run`)."""
+    """A new API key for `tenant` (`clipguard run`); the file keeps only its digest."""
     return auth.add_key(keys_file, tenant)
+
+
+# `clipguard keys add|list|revoke|migrate` (streams/cli.py): the key file is api/auth.py's.
+
+
+def create_api_key(keys_file: Path, tenant: str) -> auth.NewKey:
+    return auth.create_key(keys_file, tenant)
+
+
+def list_api_keys(keys_file: Path) -> list[auth.KeyInfo]:
+    return auth.list_keys(keys_file)
+
+
+def revoke_api_key(keys_file: Path, key_id: str) -> auth.KeyInfo:
+    return auth.revoke_key(keys_file, key_id)
+
+
+def migrate_api_keys(keys_file: Path) -> int:
+    return auth.migrate_keys(keys_file)

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.codec import REQUEST, default_codec
 from streams.records import ClipRequest
 from streams.results import iso_timestamp, new_clip_id
+
+# How the tests' own clients connect (the super user of the suite's broker; tests/conftest.py
+# fills these in), and the CLIPGUARD_KAFKA_* settings of the workers they start.
+CLIENT: dict[str, Any] = {}
+WORKER_SETTINGS: dict[str, str] = {"CLIPGUARD_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT"}
 
 
 def clip_request(uri: str, tenant: str = "acme", **changes: object) -> ClipRequest:
@@ -30,7 +36,7 @@ def clip_request(uri: str, tenant: str = "acme", **changes: object) -> ClipReque
 
 
 async def produce(bootstrap: str, topic: str, messages: Iterable[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **CLIENT)
     await producer.start()
     try:
         for key, value in messages:
@@ -51,7 +57,11 @@ async def collect(
 ) -> dict[bytes, list[bytes]]:
     """Every message of `topic` whose key is in `keys`, until each key was seen once."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **CLIENT,
     )
     await consumer.start()
     found: dict[bytes, list[bytes]] = {}

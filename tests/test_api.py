@@ -62,7 +62,8 @@ class InMemoryService:
 def settings(tmp_path):
     return Settings(
         api_keys_file=tmp_path / "keys.json",
-        upload_dir=tmp_path / "media" / "uploads",
+        internal_secret_file=tmp_path / "internal-secret",
+        upload_dir=tmp_path / "uploads",
         media_roots=(tmp_path / "media",),
         max_upload_bytes=2_000_000,
         sync_timeout_s=0.3,
@@ -85,6 +86,10 @@ async def client(aiohttp_client, settings, keys):
     client = await aiohttp_client(app)
     client.service = service
     return client
+
+
+def stored_files(settings):
+    return [p for p in settings.upload_dir.rglob("*") if p.is_file()]
 
 
 def auth(key):
@@ -110,7 +115,7 @@ async def test_sync_post_returns_the_full_published_result(client, keys):
     request = client.service.submitted[0]
     assert request["camera_id"] == "134188-VI08"
     assert request["video_uri"].startswith("upload://") and request["videoname"] == "cam1.mp4"
-    stored = client.service.settings.upload_dir / request["video_uri"][9:]
+    stored = client.service.settings.upload_dir / "acme" / request["video_uri"][9:]
     assert stored.read_bytes() == CLIP.read_bytes()
 
     again = await client.get(f"/api/result/{body['id']}", headers=auth(keys["acme"]))
@@ -162,7 +167,7 @@ async def test_body_tenant_must_match_the_key(client, keys, settings):
     assert response.status == 403
     assert (await response.json())["field"] == "tenant"
     assert client.service.submitted == []
-    assert list(settings.upload_dir.glob("*")) == []  # the refused upload is not kept
+    assert stored_files(settings) == []  # the refused upload is not kept
 
 
 async def test_a_clip_that_cannot_be_queued_is_503_and_its_upload_removed(client, keys, settings):
@@ -173,7 +178,7 @@ async def test_a_clip_that_cannot_be_queued_is_503_and_its_upload_removed(client
     response = await client.post("/api/classify", data=upload(), headers=auth(keys["acme"]))
     assert response.status == 503
     assert (await response.json())["error"] == "unavailable"
-    assert list(settings.upload_dir.glob("*")) == []
+    assert stored_files(settings) == []
 
 
 @pytest.mark.parametrize(
@@ -191,7 +196,7 @@ async def test_invalid_fields_are_400_naming_the_field(client, keys, settings, f
     assert response.status == 400
     assert (await response.json())["field"] == field
     assert client.service.submitted == []
-    assert list(settings.upload_dir.glob("*")) == []
+    assert stored_files(settings) == []
 
 
 async def test_missing_video_is_400(client, keys):
@@ -207,7 +212,7 @@ async def test_oversize_upload_is_413_and_nothing_is_kept(client, keys, settings
     response = await client.post("/api/classify", data=form, headers=auth(keys["acme"]))
     assert response.status == 413
     assert client.service.submitted == []
-    assert list(settings.upload_dir.glob("*")) == []
+    assert stored_files(settings) == []
 
 
 async def test_unsupported_media_type_is_415(client, keys):

@@ -14,7 +14,9 @@ from aiokafka.errors import UnknownTopicOrPartitionError
 
 from devtools.broker import Broker, cli, probe_metadata
 from devtools.cluster import free_ports
+from devtools.kafka_acl import aiokafka_options
 from streams.errors import BrokerError
+from tests.kafka_io import CLIENT
 
 pytestmark = pytest.mark.kafka
 
@@ -24,8 +26,12 @@ needs_java = pytest.mark.skipif(
 )
 
 
-async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def create_topic(
+    bootstrap: str, name: str, partitions: int = 1, client: dict | None = None
+) -> None:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, **(CLIENT if client is None else client)
+    )
     await admin.start()
     try:
         await admin.create_topics([NewTopic(name, partitions, replication_factor=1)])
@@ -33,8 +39,12 @@ async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
         await admin.close()
 
 
-async def produce(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+async def produce(
+    bootstrap: str, topic: str, key: bytes, value: bytes, client: dict | None = None
+) -> None:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", **(CLIENT if client is None else client)
+    )
     await producer.start()
     try:
         await producer.send_and_wait(topic, value, key=key)
@@ -42,10 +52,13 @@ async def produce(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
         await producer.stop()
 
 
-async def consume_all(bootstrap: str, topic: str, group: str) -> list[tuple[bytes, bytes]]:
+async def consume_all(
+    bootstrap: str, topic: str, group: str, client: dict | None = None
+) -> list[tuple[bytes, bytes]]:
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
+        **(CLIENT if client is None else client),
         group_id=group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -84,7 +97,10 @@ async def test_the_broker_refuses_to_create_topics_on_first_use(
     # auto.create.topics.enable=false: a producer with a typo in a topic name gets an error
     # instead of silently writing to a new one-partition topic.
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka_bootstrap, request_timeout_ms=3000, metadata_max_age_ms=1000
+        bootstrap_servers=kafka_bootstrap,
+        request_timeout_ms=3000,
+        metadata_max_age_ms=1000,
+        **CLIENT,
     )
     await producer.start()
     try:
@@ -93,7 +109,7 @@ async def test_the_broker_refuses_to_create_topics_on_first_use(
     finally:
         await producer.stop()
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap, **CLIENT)
     await admin.start()
     try:
         assert f"{topic_prefix}.typo" not in await admin.list_topics()
@@ -107,9 +123,10 @@ async def test_messages_survive_a_stop_and_start(tmp_path: Path) -> None:
     broker = Broker(tmp_path / "kafka", port=port, controller_port=controller_port)
     try:
         bootstrap = broker.start()
-        cluster_id = probe_metadata("127.0.0.1", port)
-        await create_topic(bootstrap, "kept")
-        await produce(bootstrap, "kept", b"k", b"still here")
+        client = aiokafka_options(broker)
+        cluster_id = probe_metadata("127.0.0.1", port, plain=("admin", broker.admin_password))
+        await create_topic(bootstrap, "kept", client=client)
+        await produce(bootstrap, "kept", b"k", b"still here", client=client)
 
         assert broker.stop() is True
         assert not broker.status().running
@@ -117,7 +134,9 @@ async def test_messages_survive_a_stop_and_start(tmp_path: Path) -> None:
         assert broker.start() == bootstrap
         status = broker.status()
         assert status.ready and status.cluster_id == cluster_id
-        assert await consume_all(bootstrap, "kept", "after-restart") == [(b"k", b"still here")]
+        assert await consume_all(bootstrap, "kept", "after-restart", client) == [
+            (b"k", b"still here")
+        ]
         # Starting again while it runs reuses the running broker.
         assert broker.start() == bootstrap
         assert broker.status().pid == status.pid

@@ -31,7 +31,8 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("openapi")
     config = Settings(
         api_keys_file=tmp / "keys.json",
-        upload_dir=tmp / "media" / "uploads",
+        internal_secret_file=tmp / "internal-secret",
+        upload_dir=tmp / "uploads",
         media_roots=(tmp / "media",),
         max_upload_bytes=200_000,
         sync_timeout_s=0.2,

@@ -8,14 +8,24 @@ import pytest
 
 from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, default_codec
 from streams.errors import ErrorCode
-from streams.pipeline import ClassifyStep, DecodeStep, Expiry, Origin, ResultsStep, should_store
-from streams.results import base_result
+from streams.pipeline import (
+    ClassifyStep,
+    DecodeStep,
+    Expiry,
+    Origin,
+    Out,
+    ResultsStep,
+    should_store,
+    undeliverable,
+)
+from streams.results import base_result, render_result, result_from_json
 from streams.settings import PROJECT_ROOT, Settings
 from streams.stages.decode import decode
 from streams.stages.models import ModelPack
-from streams.stages.policy import PolicyBook
+from streams.stages.policy import LABELS, PolicyBook
 from streams.stages.pool import DecodePool, decode_to_jpeg
 from streams.stages.uploads import UploadStore
+from streams.topics import Topic
 from tests.kafka_io import clip_request
 
 CLIPS = Path(__file__).parent / "fixtures" / "clips"
@@ -23,14 +33,20 @@ codec = default_codec()
 ORIGIN = Origin("clipguard.requests", 2, 41, b"k")
 
 
+def origin(request):
+    """Where a clip request was read: keyed by its id, as a VMS must produce it."""
+    return Origin("clipguard.requests", 2, 41, request["id"].encode())
+
+
 @pytest.fixture
 def settings(tmp_path):
     media = tmp_path / "media"
-    (media / "uploads").mkdir(parents=True)
+    media.mkdir()
+    (tmp_path / "uploads" / "acme").mkdir(parents=True)
     shutil.copy(CLIPS / "people_h264.mp4", media / "people.mp4")
-    shutil.copy(CLIPS / "people_h264.mov", media / "uploads" / "abc.mov")
+    shutil.copy(CLIPS / "people_h264.mov", tmp_path / "uploads" / "acme" / "abc.mov")
     (media / "junk.mp4").write_bytes(b"\x00junk" * 1000)
-    return Settings(media_roots=(media,), upload_dir=media / "uploads")
+    return Settings(media_roots=(media,), upload_dir=tmp_path / "uploads")
 
 
 @pytest.fixture(params=["jpeg in the child", "pixels from the child"])
@@ -48,7 +64,7 @@ def by_topic(outs):
 
 async def test_a_good_clip_becomes_a_decoded_clip_and_progress(step, settings):
     request = clip_request((settings.media_roots[0] / "people.mp4").as_uri())
-    outs = by_topic(await step(codec.serialize(REQUEST, request), ORIGIN))
+    outs = by_topic(await step(codec.serialize(REQUEST, request), origin(request)))
     assert set(outs) == {"decoded", "progress"}
     decoded = codec.parse(outs["decoded"].value, expect=DECODED)
     assert outs["decoded"].key == request["id"].encode()
@@ -64,7 +80,7 @@ async def test_a_good_clip_becomes_a_decoded_clip_and_progress(step, settings):
 
 async def test_an_upload_reference_reads_from_the_upload_store(step):
     request = clip_request("upload://abc.mov")
-    outs = by_topic(await step(codec.serialize(REQUEST, request), ORIGIN))
+    outs = by_topic(await step(codec.serialize(REQUEST, request), origin(request)))
     assert codec.parse(outs["decoded"].value, expect=DECODED)["videoname"] == "abc.mov"
 
 
@@ -83,7 +99,7 @@ async def test_a_bad_clip_becomes_an_error_result_and_a_dead_letter(step, settin
         uri = (settings.media_roots[0] / uri).as_uri()
     request = clip_request(uri)
     value = codec.serialize(REQUEST, request)
-    outs = by_topic(await step(value, ORIGIN))
+    outs = by_topic(await step(value, origin(request)))
     assert set(outs) == {"results", "deadletter"}
     result = codec.parse(outs["results"].value, expect=RESULT)
     assert result["error_code"] == code
@@ -148,7 +164,7 @@ async def decoded_value(settings):
     try:
         step = DecodeStep(settings, codec, pool, UploadStore(settings.upload_dir))
         request = clip_request((settings.media_roots[0] / "people.mp4").as_uri())
-        outs = by_topic(await step(codec.serialize(REQUEST, request), ORIGIN))
+        outs = by_topic(await step(codec.serialize(REQUEST, request), origin(request)))
     finally:
         pool.close()
     return outs["decoded"].value
@@ -286,3 +302,156 @@ async def test_an_unreadable_result_message_is_a_dead_letter_and_the_table_is_un
         9,
     )
     assert results.table == {}
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"id": "not-an-id"}, "24 lowercase hex"),
+        ({"id": "A" * 24}, "24 lowercase hex"),
+        ({"tenant": "../acme"}, "not a valid tenant"),
+        ({"tenant": ""}, "not a valid tenant"),
+    ],
+)
+async def test_a_request_with_an_id_or_tenant_we_would_never_make_is_a_dead_letter(
+    step, changes, reason
+):
+    request = clip_request("upload://abc.mov", **changes)
+    value = codec.serialize(REQUEST, request)
+    outs = await step(value, origin(request))
+    assert [out.topic for out in outs] == ["deadletter"]
+    letter = codec.parse(outs[0].value, expect=DEAD_LETTER)
+    assert letter["value"] == value and reason in letter["error_msg"]
+
+
+async def test_a_request_keyed_by_something_else_than_its_id_is_a_dead_letter(step):
+    request = clip_request("upload://abc.mov")
+    outs = await step(codec.serialize(REQUEST, request), ORIGIN)
+    assert [out.topic for out in outs] == ["deadletter"]
+    assert "message key" in codec.parse(outs[0].value, expect=DEAD_LETTER)["error_msg"]
+
+
+async def test_an_unexpected_failure_while_decoding_still_answers_the_clip(step, monkeypatch):
+    async def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(step.pool, "decode", broken)
+    request = clip_request("upload://abc.mov")
+    outs = by_topic(await step(codec.serialize(REQUEST, request), origin(request)))
+    result = codec.parse(outs["results"].value, expect=RESULT)
+    assert result["error_code"] == ErrorCode.INTERNAL and "a bug" not in result["error_msg"]
+    assert codec.parse(outs["deadletter"].value, expect=DEAD_LETTER)["stage"] == "decode"
+
+
+async def test_a_result_for_another_tenants_id_never_replaces_it():
+    results = Results()
+    request = clip_request("file:///x.mp4", tenant="acme")
+    _, done, _ = states(request)
+    await results.receive(done)
+    impostor = {**done, "tenant": "globex", "labels": ["person"], "risk": "intrusion"}
+    outs = await results.receive(impostor)
+    assert results.stored(request["id"]) == done
+    letter = codec.parse(outs[0].value, expect=DEAD_LETTER)
+    assert letter["error_code"] == ErrorCode.ID_CONFLICT
+    assert results.woken == [request["id"].encode()]  # only the real result woke anyone
+
+
+def test_an_output_kafka_refuses_for_good_becomes_an_error_result_and_a_dead_letter():
+    request = clip_request("upload://abc.mov")
+    decoded_value = codec.serialize(
+        DECODED,
+        {
+            "request": request,
+            "started_at": "",
+            "videoname": "abc.mov",
+            "filesize": 10,
+            "specs": {
+                "width": 4, "height": 2, "fps": 1.0, "nframes": 1, "duration": 1.0,
+                "original_width": 4, "original_height": 2, "original_fps": 1.0,
+                "original_nframes": 1,
+            },
+            "frames": [b"x"],
+            "timestamps": [0.0],
+            "timing": {},
+        },
+    )  # fmt: skip
+    value = codec.serialize(REQUEST, request)
+    failed = Out(Topic.DECODED, request["id"].encode(), decoded_value)
+    outs = by_topic(undeliverable(codec, origin(request), value, failed, "MessageSizeTooLarge"))
+    result = codec.parse(outs["results"].value, expect=RESULT)
+    assert result["id"] == request["id"] and result["tenant"] == request["tenant"]
+    assert result["error_code"] == ErrorCode.UNDELIVERABLE
+    letter = codec.parse(outs["deadletter"].value, expect=DEAD_LETTER)
+    assert letter["value"] == value and letter["stage"] == "deliver"
+
+
+# --- Error and pending results carry every published value (risk danger, 13 scores, specs) ---
+
+PUBLISHED_KEYS = [
+    "id", "status", "parentId", "cameraId", "analyse_id", "tenant", "duration",
+    "duration_seconds", "model", "version", "error_code", "error_msg", "risk", "labels",
+    "scores", "video", "timing", "metadata", "created_at", "started_at",
+]  # fmt: skip
+SPEC_FIELDS = {
+    "width", "height", "fps", "nframes", "duration",
+    "original_width", "original_height", "original_fps", "original_nframes",
+}  # fmt: skip
+
+
+def assert_not_classified(result, specs=None):
+    """A result a router can act on though the clip was not classified: danger, all values."""
+    assert result["risk"] == "danger" and result["labels"] == []
+    assert list(result["scores"]) == list(LABELS)
+    assert all(score == 0.0 for score in result["scores"].values())
+    assert result["video"]["specs"] is not None
+    assert set(result["video"]["specs"]) == SPEC_FIELDS
+    if specs is None:
+        assert all(value == 0 for value in result["video"]["specs"].values())
+    else:
+        assert result["video"]["specs"] == specs
+    rendered = render_result(result)
+    assert list(rendered) == PUBLISHED_KEYS
+    assert len(rendered["video"]["specs"]) == 9 and len(rendered["scores"]) == 13
+    assert result_from_json(rendered) == result
+
+
+@pytest.mark.parametrize("name", ["junk.mp4", "missing.mp4"])
+async def test_a_clip_that_fails_before_classify_is_danger_with_every_value(step, settings, name):
+    request = clip_request((settings.media_roots[0] / name).as_uri())
+    outs = by_topic(await step(codec.serialize(REQUEST, request), origin(request)))
+    result = codec.parse(outs["results"].value, expect=RESULT)
+    assert result["status"] == {"classify": "error", "video": "error"}
+    assert result["error_code"] != 0 and result["error_msg"]
+    assert_not_classified(result)
+
+
+async def test_progress_is_danger_with_13_zero_scores_and_the_decoded_specs(step, settings):
+    request = clip_request((settings.media_roots[0] / "people.mp4").as_uri())
+    outs = by_topic(await step(codec.serialize(REQUEST, request), origin(request)))
+    progress = codec.parse(outs["progress"].value, expect=RESULT)
+    decoded = codec.parse(outs["decoded"].value, expect=DECODED)
+    assert progress["status"] == {"classify": "pending", "video": "done"}
+    assert_not_classified(progress, specs=decoded["specs"])
+
+
+async def test_a_classify_failure_is_danger_and_keeps_the_decoded_video(
+    classify_step, decoded_value
+):
+    outs = by_topic(await classify_step(BrokenPack())(decoded_value, ORIGIN))
+    result = codec.parse(outs["results"].value, expect=RESULT)
+    decoded = codec.parse(decoded_value, expect=DECODED)
+    assert result["status"] == {"classify": "error", "video": "done"}
+    assert_not_classified(result, specs=decoded["specs"])
+    assert result["video"]["videoname"] == decoded["videoname"]
+    assert result["video"]["filesize"] == decoded["filesize"]
+
+
+def test_an_undeliverable_clip_is_danger_with_every_value():
+    request = clip_request("upload://abc.mov")
+    progress = base_result(request, started_at="")
+    failed = Out(Topic.PROGRESS, request["id"].encode(), codec.serialize(RESULT, progress))
+    value = codec.serialize(REQUEST, request)
+    outs = by_topic(undeliverable(codec, origin(request), value, failed, "MessageSizeTooLarge"))
+    result = codec.parse(outs["results"].value, expect=RESULT)
+    assert result["error_code"] == ErrorCode.UNDELIVERABLE
+    assert_not_classified(result)

@@ -1,0 +1,101 @@
+"""What the agents do when Kafka refuses an output: retry what can pass, answer what cannot."""
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
+
+from streams.app import Runtime, Undeliverable, _deliver, is_permanent
+from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, default_codec
+from streams.errors import ErrorCode
+from streams.pipeline import Origin, Out
+from streams.settings import Settings
+from streams.topics import Topic
+from tests.kafka_io import clip_request
+
+codec = default_codec()
+
+
+def wrapped(error):
+    try:
+        raise error
+    except Exception as exc:
+        try:
+            raise ProducerSendError(f"Error while sending: {exc!r}") from exc
+        except ProducerSendError as outer:
+            return outer
+
+
+@pytest.mark.parametrize(
+    ("exc", "permanent"),
+    [
+        (wrapped(MessageSizeTooLargeError()), True),
+        (MessageSizeTooLargeError(), True),
+        (ProducerSendError("no transaction producer"), True),
+        (wrapped(KafkaConnectionError()), False),
+        (KafkaTimeoutError(), False),
+    ],
+)
+def test_only_what_no_retry_can_change_is_permanent(exc, permanent):
+    assert is_permanent(exc) is permanent
+
+
+class Topic_:
+    def __init__(self, failures=()):
+        self.failures, self.sent = list(failures), []
+
+    async def send(self, key, value):
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append((key, value))
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def runtime(**topics):
+    all_topics = {topic: Topic_() for topic in Topic} | topics
+    return Runtime(Settings(), SimpleNamespace(), codec, all_topics, table={})
+
+
+async def test_a_passing_outage_is_retried_until_kafka_takes_the_output():
+    rt = runtime(**{Topic.RESULTS: Topic_([KafkaConnectionError()])})
+    await rt.send([Out(Topic.RESULTS, b"k", b"v")])
+    assert rt.topics[Topic.RESULTS].sent == [(b"k", b"v")]
+
+
+async def test_a_refused_output_is_not_retried():
+    rt = runtime(**{Topic.DECODED: Topic_([wrapped(MessageSizeTooLargeError())] * 3)})
+    with pytest.raises(Undeliverable):
+        await rt.send([Out(Topic.DECODED, b"k", b"v")])
+
+
+async def test_a_decoded_clip_kafka_refuses_becomes_an_error_result_and_a_dead_letter():
+    rt = runtime(**{Topic.DECODED: Topic_([wrapped(MessageSizeTooLargeError())])})
+    request = clip_request("upload://x.mp4")
+    key = request["id"].encode()
+    decoded = {
+        "request": request,
+        "started_at": "",
+        "videoname": "x.mp4",
+        "filesize": 1,
+        "specs": dict.fromkeys(
+            ("width", "height", "nframes", "original_width", "original_height"), 2
+        )
+        | dict.fromkeys(("fps", "duration", "original_fps"), 1.0)
+        | {"original_nframes": 2},
+        "frames": [b"\xff" * 10],
+        "timestamps": [0.0],
+        "timing": {},
+    }
+    value = codec.serialize(REQUEST, request)
+    outs = [Out(Topic.DECODED, key, codec.serialize(DECODED, decoded))]
+    await _deliver(rt, outs, value, Origin("clipguard.requests", 0, 5, key))
+    ((result_key, result_value),) = rt.topics[Topic.RESULTS].sent
+    result = codec.parse(result_value, expect=RESULT)
+    assert result_key == key and result["error_code"] == ErrorCode.UNDELIVERABLE
+    assert result["status"]["classify"] == "error"
+    ((_, letter_value),) = rt.topics[Topic.DEADLETTER].sent
+    assert codec.parse(letter_value, expect=DEAD_LETTER)["value"] == value
