@@ -7,10 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from streams.errors import ClipError, ErrorCode
 from streams.settings import Settings
-from streams.stages.decode import SampledClip, VideoSpecs, analysis_size, decode
+from streams.stages.decode import (
+    SampledClip,
+    VideoSpecs,
+    analysis_size,
+    decode,
+    max_analysis_width,
+)
 from streams.stages.frames import from_jpeg, to_jpeg
 
 CLIPS = Path(__file__).parent / "fixtures" / "clips"
@@ -71,10 +79,63 @@ def test_videoname_overrides_the_file_name() -> None:
         ((360, 640), (180, 320)),  # portrait
         ((320, 240), (320, 240)),  # never upscaled
         ((333, 320), (333, 320)),  # exactly the analysis height: untouched
+        ((640, 480), (426, 320)),
+        ((176, 144), (176, 144)),  # QCIF: fits the box
+        ((854, 480), (570, 320)),  # near-16:9 sizes keep what the height alone gives them
+        ((1366, 768), (570, 320)),
+        # Wider than 16:9: the width binds (at most 570 for 320), the height follows.
+        ((4096, 320), (570, 44)),  # the tester's clip: 44.53 -> 44
+        ((2560, 1080), (570, 240)),  # 21:9
+        ((600, 200), (570, 190)),  # wide and short: scaled down, not kept
+        ((4096, 1), (570, 1)),  # never upscaled, not even to an even size
+        ((320, 4096), (24, 320)),  # tall and narrow: the height binds, as before
     ],
 )
 def test_analysis_size(source: tuple[int, int], expected: tuple[int, int]) -> None:
     assert analysis_size(*source, 320) == expected
+
+
+def test_max_analysis_width_is_16_9_rounded_up_to_even() -> None:
+    assert [max_analysis_width(h) for h in (180, 240, 320, 360, 480)] == [320, 428, 570, 640, 854]
+
+
+def _old_analysis_size(width: int, height: int, analysis_height: int) -> tuple[int, int]:
+    """The rule before the width bound: height at most analysis_height, width unbounded."""
+    if height <= analysis_height:
+        return width, height
+    return max(2, 2 * round(width * analysis_height / height / 2)), analysis_height
+
+
+@given(
+    width=st.integers(1, 8192),
+    height=st.integers(1, 8192),
+    analysis_height=st.sampled_from([180, 240, 320, 360, 480]),
+)
+# 22 * 180 / 264 is 15.0 exactly, 22 * (180 / 264) is 14.999...: the old order of operations
+# rounds it to 16, the other to 14.
+@example(width=22, height=264, analysis_height=180)
+def test_analysis_size_fits_the_box_and_moves_no_normal_source(
+    width: int, height: int, analysis_height: int
+) -> None:
+    out_w, out_h = analysis_size(width, height, analysis_height)
+    max_width = max_analysis_width(analysis_height)
+    assert 1 <= out_w <= min(width, max_width)
+    assert 1 <= out_h <= min(height, analysis_height)
+    if width <= max_width and height <= analysis_height:
+        assert (out_w, out_h) == (width, height)
+        return
+    # Scaled: one side is the box's, the other keeps the aspect ratio to the nearest even
+    # number (at least 2, never more than the source).
+    if width * analysis_height <= max_width * height:  # the height binds
+        assert out_h == analysis_height
+        assert abs(out_w - width * analysis_height / height) <= 1 or out_w in (2, width)
+    else:
+        assert out_w == max_width
+        assert abs(out_h - height * max_width / width) <= 1 or out_h in (2, height)
+    # Every source the old rule kept within the width bound (16:9 and narrower) is unchanged.
+    old_w, old_h = _old_analysis_size(width, height, analysis_height)
+    if old_w <= max_width and width >= 2:
+        assert (out_w, out_h) == (old_w, old_h)
 
 
 def test_rotation_metadata_is_applied_the_right_way_round() -> None:

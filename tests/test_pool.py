@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -15,8 +16,9 @@ from hypothesis import strategies as st
 
 from streams.errors import ClipError, ErrorCode
 from streams.settings import Settings
+from streams.stages import pool as pool_module
 from streams.stages.decode import SampledClip, decode
-from streams.stages.pool import DecodePool
+from streams.stages.pool import MAX_DECODED_BYTES, DecodePool, decode_to_jpeg
 
 CLIPS = Path(__file__).parent / "fixtures" / "clips"
 GOOD = CLIPS / "people_h264.mp4"
@@ -90,6 +92,28 @@ async def test_unexpected_exception_is_an_internal_error(pool: DecodePool) -> No
         await pool.decode(Path("bug"), SETTINGS)
     assert info.value.code == ErrorCode.INTERNAL
     assert (await pool.decode(GOOD, SETTINGS)).specs.nframes == 12
+
+
+def test_decode_to_jpeg_keeps_sizes_and_frames() -> None:
+    here = decode(GOOD, SETTINGS)
+    clip = decode_to_jpeg(GOOD, SETTINGS, videoname="cam1.mp4")
+    assert (clip.specs, clip.timestamps, clip.frames) == (here.specs, here.timestamps, ())
+    assert len(clip.jpeg_frames) == 12
+    assert 200_000 < sum(map(len, clip.jpeg_frames)) < MAX_DECODED_BYTES  # ~390 KB
+
+
+def test_jpeg_frames_over_the_message_limit_are_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # What the decoded topic could not carry is an error result, not a message the broker
+    # refuses (the clip would get neither a result nor a dead letter).
+    monkeypatch.setattr(pool_module, "MAX_DECODED_BYTES", 100_000)
+    with pytest.raises(ClipError) as info:
+        decode_to_jpeg(GOOD, SETTINGS, videoname="cam1.mp4")
+    assert info.value.code == ErrorCode.LIMIT_EXCEEDED
+    message = str(info.value)
+    assert re.fullmatch(
+        r"cam1\.mp4: the sampled frames take \d{3},\d{3} bytes, over the limit of 100,000 bytes",
+        message,
+    ), message
 
 
 async def test_two_workers_decode_side_by_side() -> None:

@@ -4,11 +4,18 @@ The rules (docs/decode.md says the same for users):
 - Sampling: every frame is decoded (inter-frame prediction leaves no cheaper way); a frame is
   kept when it is the first at or after the next sampling instant k / sample_fps, counted from
   the clip's first frame. A source slower than sample_fps keeps every frame, never a duplicate.
-- Size: height `analysis_height` keeping the aspect ratio, width rounded to the nearest even
-  number; a source not taller than that keeps its own size (never upscaled).
+- Size: the analysis frame fits a box `analysis_height` tall and `max_analysis_width` wide
+  (analysis_height x 16/9, rounded up to even: 570 for 320), keeping the aspect ratio, the
+  scaled side rounded to the nearest even number; a source that fits keeps its own size (never
+  upscaled). Up to 16:9 that is "height analysis_height", as it always was (1280x720 ->
+  568x320); wider sources are bounded by the width (4096x320 -> 570x44).
 - Rotation: a display matrix (phone clips) is applied, so frames and sizes are as displayed.
 - Limits are checked from the container's header before decoding and again while decoding,
-  since headers can lie or be missing.
+  since headers can lie or be missing: every decoded frame's size (a stream may change size
+  mid-way), the count of decoded frames as well as kept ones, and the decoder itself refuses
+  pictures over the size limit before allocating them (FFmpeg's `max_pixels`).
+- Running out of memory (the decode child's memory limit, streams/stages/pool.py) is
+  LIMIT_EXCEEDED, raised `from` one of `OUT_OF_MEMORY` so the pool knows to replace the child.
 - A file that breaks part-way (truncated upload): frames decoded before the break are kept if
   there is at least one, the break is logged; otherwise INVALID_VIDEO.
 """
@@ -51,6 +58,21 @@ VIDEO_SUFFIXES = frozenset(
 # still count as "at" the instant 1.0 s.
 _TIME_EPSILON = 1e-6
 
+# Frames decoded (not only kept) per clip: the longest clip (max_duration_s, 120 s) at 120 fps.
+# Tiny frames at a huge rate cost time and a pipe full of nothing; this stops them early.
+# To become the setting `max_decoded_frames`.
+MAX_DECODED_FRAMES = 14_400
+
+# FFmpeg checks `max_pixels` against the coded size (padded to whole macroblocks, coding units
+# or a stride alignment of up to 64), so the decoder's cap leaves that much room on each axis;
+# the exact width x height limit is checked on every decoded frame.
+_CODED_PADDING = 64
+
+# What running out of memory looks like: MemoryError (Python, numpy, and FFmpeg's ENOMEM as
+# av.error.MemoryError), and FFmpeg's EAGAIN when it cannot start a thread (swscale and frame
+# threads: no room left for the thread's stack).
+OUT_OF_MEMORY: tuple[type[Exception], ...] = (MemoryError, av.error.BlockingIOError)
+
 
 @dataclass(frozen=True)
 class VideoSpecs:
@@ -77,13 +99,34 @@ class SampledClip:
     encode_ms: float = 0.0
 
 
+def max_analysis_width(analysis_height: int) -> int:
+    """The widest analysis frame: a 16:9 frame `analysis_height` tall, rounded up to even.
+
+    Rounding up keeps every 16:9 source (and the near-16:9 854x480, 1366x768) at exactly the
+    size the height alone gives it: 568 or 570 wide for 320.
+    """
+    return 2 * math.ceil(analysis_height * 16 / 9 / 2)
+
+
 def analysis_size(width: int, height: int, analysis_height: int) -> tuple[int, int]:
-    """(width, height) of the analysis frames for a source displayed at width x height."""
-    if height <= analysis_height:
+    """(width, height) of the analysis frames for a source displayed at width x height.
+
+    The frame fits a box `analysis_height` tall and `max_analysis_width` wide, keeping the
+    aspect ratio; the scaled side is rounded to the nearest even number (at least 2, never
+    more than the source); a source that fits the box keeps its size.
+    """
+    max_width = max_analysis_width(analysis_height)
+    if width <= max_width and height <= analysis_height:
         return width, height
-    scaled = width * analysis_height / height
-    even = max(2, 2 * round(scaled / 2))
-    return even, analysis_height
+    if width * analysis_height <= max_width * height:  # the height binds (16:9 and narrower)
+        return _scaled(width, analysis_height, height), analysis_height
+    return max_width, _scaled(height, max_width, width)  # the width binds (wider than 16:9)
+
+
+def _scaled(length: int, new: int, old: int) -> int:
+    """`length` scaled by new/old, to the nearest even number, at least 2, at most `length`."""
+    # length * new / old, in that order: the rounding of every size the rule gave before.
+    return min(length, max(2, 2 * round(length * new / old / 2)))
 
 
 def decode(path: Path, settings: Settings, *, videoname: str | None = None) -> SampledClip:
@@ -96,13 +139,20 @@ def decode(path: Path, settings: Settings, *, videoname: str | None = None) -> S
             options={"protocol_whitelist": "file"},
         )
     except av.error.FFmpegError as exc:
+        # ENOMEM here too: a damaged header asking for more than FFmpeg ever allocates at once.
         raise ClipError(
             ErrorCode.INVALID_VIDEO, f"{name}: not a readable video file ({_reason(exc)})"
         ) from exc
-    with container:
-        stream = _video_stream(container, name)
-        _check_header_limits(container, stream, name, settings)
-        frames, timestamps, specs = _sample(container, stream, name, settings)
+    try:
+        with container:
+            stream = _video_stream(container, name)
+            _check_header_limits(container, stream, name, settings)
+            # Before the first packet (the decoder opens then): pictures larger than the limit
+            # are refused before their buffers are allocated.
+            stream.codec_context.options = {"max_pixels": str(_max_pixels(settings))}
+            frames, timestamps, specs = _sample(container, stream, name, settings)
+    except OUT_OF_MEMORY as exc:
+        raise _out_of_memory(name) from exc
     return SampledClip(
         videoname=name,
         filesize=filesize,
@@ -183,13 +233,23 @@ def _header_duration(
     return None
 
 
-def _check_dimensions(width: int, height: int, name: str, settings: Settings) -> None:
+def _check_dimensions(
+    width: int, height: int, name: str, settings: Settings, where: str = ""
+) -> None:
     if width > settings.max_width or height > settings.max_height:
         raise ClipError(
             ErrorCode.LIMIT_EXCEEDED,
-            f"{name}: {width}x{height} is over the limit of "
+            f"{name}: {width}x{height}{where} is over the limit of "
             f"{settings.max_width}x{settings.max_height}",
         )
+
+
+def _max_pixels(settings: Settings) -> int:
+    return (settings.max_width + _CODED_PADDING) * (settings.max_height + _CODED_PADDING)
+
+
+def _out_of_memory(name: str) -> ClipError:
+    return ClipError(ErrorCode.LIMIT_EXCEEDED, f"{name}: the decoder ran out of its memory limit")
 
 
 def _check_duration(duration: float, name: str, settings: Settings) -> None:
@@ -226,16 +286,25 @@ def _sample(
     nominal_rate = float(stream.average_rate) if stream.average_rate else None
 
     errors: list[av.error.FFmpegError] = []
-    for frame in _decoded_frames(stream, container, name, errors):
+    for frame in _decoded_frames(stream, container, name, settings, errors):
+        if decoded >= MAX_DECODED_FRAMES:
+            raise ClipError(
+                ErrorCode.LIMIT_EXCEEDED,
+                f"{name}: {decoded + 1:,} or more decoded frames is over the limit of "
+                f"{MAX_DECODED_FRAMES:,} decoded frames",
+            )
+        # Every frame, not only the first: a stream may change size mid-way (a 64x64 first
+        # frame, then 8192x8192 ones).
+        upright = _quarter_turns(frame.rotation) % 2 == 0
+        size = (frame.width, frame.height) if upright else (frame.height, frame.width)
+        _check_dimensions(*size, name, settings, f" (frame {decoded})")
         stamp = frame.time
         if stamp is None:
             step = 1.0 / nominal_rate if nominal_rate else interval
             stamp = (last_time + step) if first_time is not None else 0.0
         if first_time is None:
             first_time = stamp
-            upright = _quarter_turns(frame.rotation) % 2 == 0
-            display = (frame.width, frame.height) if upright else (frame.height, frame.width)
-            _check_dimensions(*display, name, settings)
+            display = size
         relative = stamp - first_time
         if relative < last_time - first_time and decoded:
             # Out-of-order or repeated stamps (broken muxers): never step back in time.
@@ -293,25 +362,36 @@ def _decoded_frames(
     stream: av.VideoStream,
     container: av.container.InputContainer,
     name: str,
+    settings: Settings,
     errors: list[av.error.FFmpegError],
 ) -> Iterator[av.VideoFrame]:
     """Every frame of `stream`; FFmpeg errors go to `errors` instead of ending the clip.
 
     A packet the decoder rejects is skipped (the next keyframe repairs the picture); a
-    demuxer error ends the stream (nothing after it can be trusted to be in order).
+    demuxer error ends the stream (nothing after it can be trusted to be in order). Two
+    rejections are not damage: running out of memory (`OUT_OF_MEMORY`, raised on), and a
+    picture over the size limit (LIMIT_EXCEEDED, `_check_decoder_size`), which the decoder
+    may also drop without an error (H.264 with frame threads): its size is checked after
+    every packet.
     """
+    context = stream.codec_context
     packets = container.demux(stream)
+    count = 0
     while True:
         try:
             packet = next(packets)
         except StopIteration:
             return
+        except OUT_OF_MEMORY:
+            raise
         except av.error.FFmpegError as exc:
             errors.append(exc)
             break
+        before = (context.width, context.height)
         try:
             frames = packet.decode()
         except av.error.FFmpegError as exc:
+            _check_decoder_size(context, before, exc, name, settings, count)
             errors.append(exc)
             continue
         except ValueError as exc:
@@ -319,13 +399,58 @@ def _decoded_frames(
             raise ClipError(
                 ErrorCode.UNSUPPORTED_CODEC, f"{name}: no decoder for its video stream ({exc})"
             ) from exc
+        # Frames first: a frame over the limit is named by `_sample`, with its exact index.
         yield from frames
+        count += len(frames)
+        _check_decoder_size(context, before, None, name, settings, count)
     # The demuxer gave up early: frames still held inside the decoder (frame threads,
     # reordering) were decoded correctly and are worth keeping.
+    before = (context.width, context.height)
     try:
-        yield from stream.codec_context.decode(None)
+        frames = context.decode(None)
     except av.error.FFmpegError as exc:
+        _check_decoder_size(context, before, exc, name, settings, count)
         errors.append(exc)
+        return
+    yield from frames
+    _check_decoder_size(context, before, None, name, settings, count + len(frames))
+
+
+def _check_decoder_size(
+    context: av.VideoCodecContext,
+    before: tuple[int, int],
+    error: av.error.FFmpegError | None,
+    name: str,
+    settings: Settings,
+    index: int,
+) -> None:
+    """LIMIT_EXCEEDED when the decoder took a picture size over the limit, after a packet.
+
+    Over its pixel cap, a decoder either keeps the new size and gets no buffer for it (H.264:
+    EINVAL, AVERROR_INVALIDDATA or, with frame threads, no error at all; HEVC: ENOMEM), or
+    refuses to take the size (MJPEG, MPEG-4, VP9: EINVAL, and its size drops to 0x0). Running
+    out of memory otherwise is raised on (`OUT_OF_MEMORY`); other errors are damaged data.
+    `index` is the first frame not returned yet (a frame-threaded decoder may hold a few more).
+    The decoder's size is the coded one, before any rotation: it is over the limit only when
+    neither way round fits (each frame is checked as displayed in `_sample`).
+    """
+    width, height = context.width, context.height
+    if not (
+        (width <= settings.max_width and height <= settings.max_height)
+        or (height <= settings.max_width and width <= settings.max_height)
+    ):
+        _check_dimensions(width, height, name, settings, f" (frame {index})")
+    if error is None:
+        return
+    if isinstance(error, OUT_OF_MEMORY):
+        raise error
+    refused = context.width == 0 or context.height == 0
+    if isinstance(error, av.error.ArgumentError) and refused and 0 not in before:
+        raise ClipError(
+            ErrorCode.LIMIT_EXCEEDED,
+            f"{name}: the decoder refused frame {index}: it is larger than the limit of "
+            f"{settings.max_width}x{settings.max_height}",
+        ) from error
 
 
 def _analysis_frame(
