@@ -1,7 +1,7 @@
 # The commands the README gives. Everything bootstraps itself on a fresh machine.
 PY := .venv/bin/python
 
-.PHONY: bootstrap jars run test test-fast eval bench lint clean
+.PHONY: bootstrap jars run test test-fast chaos eval bench lint clean
 
 bootstrap:
 	@bash dev/bootstrap.sh
@@ -14,6 +14,9 @@ run: jars
 
 test: jars
 	$(PY) -m pytest
+
+chaos: jars
+	CHAOS=long $(PY) -m pytest -m chaos -s
 
 test-fast: bootstrap
 	$(PY) -m pytest -m "not kafka and not slow"

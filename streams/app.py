@@ -13,11 +13,13 @@ step returns. No HTTP here: streams/wiring.py adds the API to this app's web ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import faust
 from aiokafka.errors import (
@@ -28,21 +30,24 @@ from aiokafka.errors import (
     RecordTooLargeError,
     TopicAuthorizationFailedError,
 )
+from aiokafka.partitioner import murmur2
 from faust.exceptions import ProducerSendError
 
 from streams.admin import client_options
 from streams.codec import RESULT, AvroCodec, default_codec
-from streams.errors import ErrorCode
+from streams.errors import CodecError, ErrorCode
+from streams.health import BrokerMonitor
+from streams.ledger import Ledger, deadline_outputs
 from streams.pipeline import (
     ClassifyStep,
     DecodeStep,
-    Expiry,
     Origin,
     Out,
     ResultsStep,
     dead_letter,
     undeliverable,
 )
+from streams.records import ClassificationResult
 from streams.results import is_final
 from streams.settings import Settings
 from streams.stages.models import ModelPack
@@ -54,6 +59,7 @@ from streams.topics import MAX_MESSAGE_BYTES, RESULT_TABLE, Topic, changelog_con
 log = logging.getLogger(__name__)
 
 Step = Callable[[bytes, Origin], Awaitable[list[Out]]]
+DEADLINE_CHECK_S = 2.0
 
 
 # Kafka's answers that no retry can change: the record, the topic or our rights are wrong.
@@ -89,9 +95,12 @@ class Runtime:
     codec: AvroCodec
     topics: dict[Topic, faust.TopicT]
     table: Any
+    ledger: Ledger
     decode_step: DecodeStep | None = None
     classify_step: ClassifyStep | None = None
     model_loaded: bool = False
+    # Whether Kafka answers (streams/health.py): /ready's broker check, the quiet outage log.
+    broker: BrokerMonitor | None = None
     waiters: dict[bytes, list[asyncio.Future[bytes]]] = field(default_factory=dict)
 
     async def send(self, outs: list[Out]) -> None:
@@ -105,7 +114,9 @@ class Runtime:
             delay = 0.5
             while True:
                 try:
-                    pending = await self.topics[out.topic].send(key=out.key, value=out.value)
+                    pending = await self.topics[out.topic].send(
+                        key=out.key, value=out.value, headers=list(out.headers) or None
+                    )
                     await pending
                     break
                 except (KafkaError, ProducerSendError) as exc:
@@ -165,6 +176,8 @@ def create_app(settings: Settings) -> faust.App:
         web_stats_enabled=False,
         web_metrics_enabled=False,
         table_standby_replicas=0,
+        broker_session_timeout=settings.kafka_session_timeout_s,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_s,
         # A decoded clip of max_frames JPEG frames can pass Kafka's default 1 MB.
         producer_max_request_size=MAX_MESSAGE_BYTES,
     )
@@ -176,7 +189,14 @@ def create_app(settings: Settings) -> faust.App:
         key_type=bytes,  # bytes means the "raw" serializer: the same key bytes as the topics
         value_type=bytes,
     )
-    runtime = Runtime(settings, app, default_codec(), topics, table)
+    ledger = Ledger(settings.clip_deadline_s, settings.result_retention_s)
+    monitor = BrokerMonitor(
+        settings,
+        interval_s=settings.kafka_check_interval_s,
+        timeout_s=settings.kafka_check_timeout_s,
+        summary_every_s=settings.kafka_outage_summary_s,
+    )
+    runtime = Runtime(settings, app, default_codec(), topics, table, ledger, broker=monitor)
     app.clipguard = runtime  # type: ignore[attr-defined]
     # Read now, so a wrong policy file stops the worker before it joins the group.
     policies = load_policies(settings.policy_file)
@@ -222,6 +242,12 @@ def _add_lifecycle(app: faust.App, runtime: Runtime, policies: PolicyBook) -> No
     uploads = UploadStore(runtime.settings.upload_dir)
 
     @app.task(on_leader=False)  # type: ignore[untyped-decorator]
+    async def _watch_broker() -> None:
+        # Runs until the app stops; installs the client-log filter while it runs.
+        if runtime.broker is not None:
+            await runtime.broker.run()
+
+    @app.task(on_leader=False)  # type: ignore[untyped-decorator]
     async def _start_stages() -> None:
         settings = runtime.settings
         pool = DecodePool(settings, decode_fn=decode_to_jpeg)
@@ -242,11 +268,81 @@ def _add_lifecycle(app: faust.App, runtime: Runtime, policies: PolicyBook) -> No
         retention = runtime.settings.result_retention_s
         await asyncio.get_running_loop().run_in_executor(None, uploads.prune, retention)
 
+    @runtime.table.on_recover  # type: ignore[untyped-decorator]
+    async def _rebuild_ledger() -> None:
+        await rebuild_ledger(runtime)
+
+    @app.timer(interval=DEADLINE_CHECK_S)  # type: ignore[untyped-decorator]
+    async def _answer_late_clips() -> None:
+        await answer_late_clips(runtime)
+
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     def _shutdown(app: faust.App, **kwargs: Any) -> None:
         for pool in pools:
             pool.close()
         inference.shutdown(wait=False, cancel_futures=True)
+
+
+def owned_partitions(runtime: Runtime) -> set[int]:
+    """The result table's partitions this worker owns now (those of the results topic)."""
+    consumer = runtime.app.consumer
+    results = runtime.settings.topic(Topic.RESULTS)
+    return {tp.partition for tp in consumer.assignment() if tp.topic == results}
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner (murmur2), as the producers of every topic use it."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+async def rebuild_ledger(runtime: Runtime) -> None:
+    """After a recovery, the ledger of the owned partitions is read from the recovered table."""
+    owned = owned_partitions(runtime)
+    items = [(bytes(k), bytes(v)) for k, v in runtime.table.items()]
+    by_partition: dict[int, list[tuple[bytes, ClassificationResult]]] = {p: [] for p in owned}
+    codec, count = runtime.codec, runtime.settings.partitions
+    for key, value in items:
+        partition = partition_of(key, count)
+        if partition in by_partition:
+            with contextlib.suppress(CodecError):  # not ours: the results agent dead-lettered it
+                by_partition[partition].append((key, codec.parse(value, expect=RESULT)))
+    now = time.time()
+    runtime.ledger.forget(set(range(count)) - owned)
+    for partition, records in by_partition.items():
+        runtime.ledger.rebuild(partition, records, now)
+    log.info(
+        "ledger rebuilt for partitions %s: %d results, %d pending",
+        sorted(owned),
+        len(items),
+        runtime.ledger.pending_count(),
+    )
+
+
+async def answer_late_clips(runtime: Runtime) -> None:
+    """Give every clip past its deadline an error result (the results agent stores it)."""
+    app = runtime.app
+    if not (app.tables and cast(Any, app.tables).recovery.completed.is_set()):
+        return
+    settings = runtime.settings
+    for partition, key in runtime.ledger.overdue(time.time(), owned_partitions(runtime)):
+        value = runtime.table.get(key)
+        if value is None:
+            continue
+        outs = deadline_outputs(
+            runtime.codec,
+            settings.topic(Topic.PROGRESS),
+            partition,
+            key,
+            bytes(value),
+            settings.clip_deadline_s,
+        )
+        if outs:
+            log.warning(
+                "clip %s: no final result within %.0f s",
+                key.decode(errors="replace"),
+                settings.clip_deadline_s,
+            )
+            await runtime.send(outs)
 
 
 async def _wait_for(ready: Callable[[], Step | None]) -> Step:
@@ -319,9 +415,7 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
         async for _ in _run_step(runtime, stream, lambda: runtime.classify_step):
             yield None
 
-    results_step = ResultsStep(
-        runtime.codec, runtime.table, Expiry(settings.result_retention_s), runtime.notify
-    )
+    results_step = ResultsStep(runtime.codec, runtime.table, runtime.ledger, runtime.notify)
     results_and_progress = _raw_topic(
         app, settings, settings.topic(Topic.RESULTS), settings.topic(Topic.PROGRESS)
     )

@@ -1,10 +1,13 @@
-"""The `clipguard` command: worker, broker, run (broker + worker for development), keys."""
+"""The `clipguard` command: worker, broker, run (broker + worker for development), keys,
+deadletter (list and replay dead letters)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import sys
+from datetime import datetime
 from types import ModuleType
 
 from streams.errors import ClipGuardError, ConfigError
@@ -37,6 +40,7 @@ def _main(argv: list[str]) -> int:
     key_actions.add_parser("list", help="id, tenant and creation time of every key")
     key_actions.add_parser("revoke", help="remove the key with this id").add_argument("id")
     key_actions.add_parser("migrate", help="rewrite a version 1 file (plaintext) with digests")
+    _add_deadletter(sub)
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "broker":  # development tooling, not part of a worker
@@ -48,6 +52,8 @@ def _main(argv: list[str]) -> int:
         return int(_devtools("run").run(settings))
     if args.command == "keys":
         return _keys(args, settings)
+    if args.command == "deadletter":
+        return _deadletter(args, settings)
     from streams.wiring import run_worker
 
     return run_worker(settings)
@@ -81,6 +87,101 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
         done = "already stores digests only" if version == 2 else "now stores digests only"
         print(f"API key file {path} (version {version}) {done}")
     return 0
+
+
+STAGES = ("intake", "decode", "classify", "results", "deliver", "deadline", "internal")
+
+
+def _add_deadletter(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`clipguard deadletter list|replay [filters]` (docs/kafka.md, "Replaying dead letters")."""
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--stage", choices=STAGES, help="where it failed")
+    filters.add_argument("--code", type=int, metavar="N", help="its error_code (docs/errors.md)")
+    filters.add_argument(
+        "--id", dest="ids", action="extend", nargs="+", metavar="ID", help="clip ids"
+    )
+    filters.add_argument(
+        "--since", type=_iso_time, metavar="ISO", help="failed at or after (ISO 8601; UTC if naive)"
+    )
+    filters.add_argument("--until", type=_iso_time, metavar="ISO", help="failed before")
+    filters.add_argument(
+        "--limit", type=_positive, metavar="N", help="take the first N that match at most"
+    )
+    deadletter = sub.add_parser("deadletter", help="dead letters: list | replay [filters]")
+    actions = deadletter.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", parents=[filters], help="the dead letters that match, one line each")
+    replay = actions.add_parser(
+        "replay",
+        parents=[filters],
+        help="put the matching dead letters' clip requests back where they were read",
+    )
+    replay.add_argument("--dry-run", action="store_true", help="say what would be replayed")
+    replay.add_argument(
+        "--all", dest="everything", action="store_true", help="replay without a filter"
+    )
+    replay.set_defaults(refuse=replay.error)
+
+
+def _deadletter(args: argparse.Namespace, settings: Settings) -> int:
+    """`clipguard deadletter ...`: reads CLIPGUARD_TOPIC_PREFIX's dead-letter topic."""
+    from streams import deadletters
+
+    chosen = (args.stage, args.code, args.ids, args.since, args.until)
+    if args.action == "list":
+        report = asyncio.run(
+            deadletters.list_letters(
+                settings,
+                stage=args.stage,
+                code=args.code,
+                ids=args.ids,
+                since=args.since,
+                until=args.until,
+                limit=args.limit,
+            )
+        )
+        for line in deadletters.table(report.matched):
+            print(line)
+        print(f"{report.topic}: {len(report.matched)} dead letters", file=sys.stderr)
+        return 0
+    if chosen == (None,) * len(chosen) and not (args.everything or args.dry_run):
+        args.refuse(
+            "refusing to replay every dead letter: choose with --stage, --code, --id, --since "
+            "or --until (try --dry-run first), or say --all"
+        )
+    report = asyncio.run(
+        deadletters.replay(
+            settings,
+            stage=args.stage,
+            code=args.code,
+            ids=args.ids,
+            since=args.since,
+            until=args.until,
+            limit=args.limit,
+            dry_run=args.dry_run,
+        )
+    )
+    for line in report.lines():
+        print(line)
+    return 0
+
+
+def _iso_time(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (2026-01-31T08:00:00+01:00)"
+        ) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return number
 
 
 def _devtools(name: str) -> ModuleType:

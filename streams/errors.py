@@ -34,6 +34,7 @@ class ErrorCode(IntEnum):
     # 5xx: a bug of ours, or Kafka refusing an output of ours for good
     INTERNAL = 500
     UNDELIVERABLE = 501
+    DEADLINE_EXCEEDED = 502
 
 
 class ClipGuardError(Exception):

@@ -9,13 +9,13 @@ message that is not ours becomes a dead-letter record. Nothing is lost silently.
 The three steps, one per agent:
 - `DecodeStep`: requests -> decoded + progress (fetch the clip, decode and sample its frames);
 - `ClassifyStep`: decoded -> results (run the model pack and the policy);
-- `ResultsStep`: results + progress -> the result table (the store rule, expiry, waiters).
+- `ResultsStep`: results + progress -> the result table (the store rule, the ledger of
+  deadlines and retention, waiters).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import tempfile
 import time
@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, AvroCodec
 from streams.errors import ClipError, CodecError, ErrorCode
@@ -51,10 +51,14 @@ from streams.results import (
 from streams.settings import Settings
 from streams.stages.classify import ClipScores, classify
 from streams.stages.fetch import fetch
-from streams.stages.frames import from_jpeg, to_jpeg
+from streams.stages.frames import from_jpeg
+from streams.stages.pool import checked_jpeg
 from streams.stages.uploads import SCHEME as UPLOAD_SCHEME
 from streams.stages.uploads import UploadStore
 from streams.topics import Topic
+
+if TYPE_CHECKING:
+    from streams.ledger import Ledger
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +74,43 @@ class Origin:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
+Headers = tuple[tuple[str, bytes], ...]
+
+
 @dataclass(frozen=True)
 class Out:
     topic: Topic
     key: bytes
     value: bytes
+    headers: Headers = ()  # Kafka record headers: (name, value) pairs, in order
+
+
+# A dead letter's Kafka record headers repeat what its Avro record says, for tools that read
+# headers but not Avro: Kafka Connect's dead-letter-queue names, then ClipGuard's own.
+# Every value is UTF-8 text (numbers in decimal), as Kafka Connect writes them.
+HEADER_TOPIC = "__connect.errors.topic"
+HEADER_PARTITION = "__connect.errors.partition"
+HEADER_OFFSET = "__connect.errors.offset"
+HEADER_STAGE = "__connect.errors.stage"
+HEADER_MESSAGE = "__connect.errors.exception.message"
+HEADER_ERROR_CODE = "clipguard.error_code"
+HEADER_CLIP_ID = "clipguard.clip_id"  # only when the clip id is known
+
+
+def dead_letter_headers(record: DeadLetter) -> Headers:
+    """The Kafka record headers of a dead letter: its Avro record's reason and origin again."""
+    headers = [
+        (HEADER_TOPIC, record["topic"]),
+        (HEADER_PARTITION, str(record["partition"])),
+        (HEADER_OFFSET, str(record["offset"])),
+        (HEADER_STAGE, record["stage"]),
+        (HEADER_MESSAGE, record["error_msg"]),
+        (HEADER_ERROR_CODE, str(record["error_code"])),
+    ]
+    if record["clip_id"] is not None:
+        headers.append((HEADER_CLIP_ID, record["clip_id"]))
+    # "replace": a clip id guessed from a key that is not UTF-8 must not stop the dead letter.
+    return tuple((name, text.encode("utf-8", errors="replace")) for name, text in headers)
 
 
 def dead_letter(
@@ -87,6 +123,7 @@ def dead_letter(
     message: str,
     clip_id: str | None,
 ) -> Out:
+    """A `DeadLetter` record keyed by the clip id (else the original key), with its headers."""
     record: DeadLetter = {
         "clip_id": clip_id,
         "topic": origin.topic,
@@ -100,7 +137,12 @@ def dead_letter(
         "failed_at": iso_timestamp(),
     }
     key = (clip_id or "").encode() or origin.key or b""
-    return Out(Topic.DEADLETTER, key, codec.serialize(DEAD_LETTER, record))
+    return Out(
+        Topic.DEADLETTER,
+        key,
+        codec.serialize(DEAD_LETTER, record),
+        dead_letter_headers(record),
+    )
 
 
 def error_outputs(
@@ -290,7 +332,7 @@ class DecodeStep:
         if not frames:  # a pool decoding to pixels: encode here, in a thread (Pillow frees the GIL)
             start = time.perf_counter()
             frames = await asyncio.get_running_loop().run_in_executor(
-                None, to_jpeg, clip.frames, self.settings.jpeg_quality
+                None, checked_jpeg, clip.frames, self.settings.jpeg_quality, clip.videoname
             )
             timing["encode"] = _ms_since(start)
         return {
@@ -375,13 +417,13 @@ class ResultsStep:
         self,
         codec: AvroCodec,
         table: MutableMapping[bytes, bytes],
-        expiry: Expiry,
+        ledger: Ledger,
         on_final: Callable[[bytes, bytes], None],
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.codec = codec
         self.table = table
-        self.expiry = expiry
+        self.ledger = ledger
         self.on_final = on_final
         self.clock = clock
 
@@ -417,34 +459,11 @@ class ResultsStep:
             self.table[key] = value
             # Expired keys share this message's partition, so their deletions land in the
             # changelog partition Faust writes for this message.
-            for old in self.expiry.note(origin.partition, key, self.clock()):
+            for old in self.ledger.stored(origin.partition, key, incoming, self.clock()):
                 self.table.pop(old, None)
         if is_final(incoming):
             self.on_final(key, value)
         return []
-
-
-class Expiry:
-    """Which result keys have outlived the retention: per partition, oldest first.
-
-    Only ids and times are kept (a few dozen bytes a result), so memory stays bounded by the
-    number of results within the retention, whatever the table's store.
-    """
-
-    def __init__(self, retention_s: float) -> None:
-        self.retention_s = retention_s
-        self._queues: dict[int, collections.deque[tuple[float, bytes]]] = collections.defaultdict(
-            collections.deque
-        )
-
-    def note(self, partition: int, key: bytes, now: float) -> list[bytes]:
-        """Record that `key` was stored now; return the keys of `partition` to forget."""
-        queue = self._queues[partition]
-        queue.append((now, key))
-        expired = []
-        while queue and now - queue[0][0] > self.retention_s:
-            expired.append(queue.popleft()[1])
-        return expired
 
 
 def should_store(current: ClassificationResult | None, incoming: ClassificationResult) -> bool:

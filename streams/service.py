@@ -12,9 +12,10 @@ from typing import Any, cast
 
 from aiokafka.errors import KafkaError
 
-from streams.app import Runtime
+from streams.app import Runtime, partition_of
 from streams.codec import REQUEST, RESULT
 from streams.errors import QueueUnavailable
+from streams.health import BrokerMonitor
 from streams.records import ClassificationResult, ClipRequest
 from streams.settings import Settings
 from streams.topics import RESULT_TABLE, Topic
@@ -62,7 +63,10 @@ class WorkerService:
         return str(url).rstrip("/")
 
     def local(self, clip_id: str) -> ClassificationResult | None:
-        value = self.runtime.table.get(clip_id.encode())
+        key = clip_id.encode()
+        if self.runtime.ledger.is_forgotten(partition_of(key, self.settings.partitions), key):
+            return None  # past the retention, not yet deleted (recovered after a restart)
+        value = self.runtime.table.get(key)
         return None if value is None else self.codec.parse(value, expect=RESULT)
 
     async def wait_local(self, clip_id: str, timeout: float) -> ClassificationResult | None:
@@ -74,11 +78,21 @@ class WorkerService:
         return self.runtime.app.http_client
 
     def readiness(self) -> dict[str, bool]:
+        """What /ready reports; it answers 503 unless every check is true.
+
+        `broker`: the worker's BrokerMonitor (streams/health.py) got an answer from Kafka lately;
+        false from the second failed check of an outage until Kafka answers again. The consumer
+        keeps its assignment through an outage, so `partitions_assigned` alone cannot tell.
+        """
         app = self.runtime.app
         consumer_ready = bool(app.consumer and app.consumer.assignment())
         recovered = bool(app.tables and cast(Any, app.tables).recovery.completed.is_set())
-        return {
-            "broker": consumer_ready,
-            "table_recovered": recovered,
-            "model_loaded": self.runtime.model_loaded,
-        }
+        checks: dict[str, bool] = {}
+        # Runtime.broker: the monitor streams/app.py runs (None: a runtime without one).
+        monitor: BrokerMonitor | None = getattr(self.runtime, "broker", None)
+        if monitor is not None:
+            checks["broker"] = monitor.reachable
+        checks["partitions_assigned"] = consumer_ready
+        checks["table_recovered"] = recovered
+        checks["model_loaded"] = self.runtime.model_loaded
+        return checks

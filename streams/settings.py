@@ -33,6 +33,16 @@ class Settings:
     kafka_username: str = ""
     kafka_password: str = dataclasses.field(default="", repr=False)
     kafka_ssl_cafile: Path | None = None
+    # A worker that dies is out of the group after this, and its partitions move (Kafka's
+    # default, 45-60 s, stopped all output that long; docs/kafka.md).
+    kafka_session_timeout_s: float = 10.0
+    kafka_heartbeat_interval_s: float = 2.0
+    # Whether Kafka answers (streams/health.py): a Metadata request every check interval, failed
+    # past the timeout. Two failed checks in a row are an outage: /ready answers 503, the log
+    # gets one warning, a summary every kafka_outage_summary_s and one line when it ends.
+    kafka_check_interval_s: float = 2.0
+    kafka_check_timeout_s: float = 2.0
+    kafka_outage_summary_s: float = 30.0
     # Tenants whose VMSs publish clip requests on Kafka: each gets its own intake topic
     # (<prefix>.intake.<tenant>) that only its principal may write, and the worker checks that
     # every request there names that tenant.
@@ -63,6 +73,9 @@ class Settings:
     # A request body must arrive within this (a slow sender cannot hold an upload open).
     body_timeout_s: float = 60.0
     result_retention_s: float = 7 * 24 * 3600.0
+    # Every clip gets a final answer within this: past it, an error result that sends the alarm
+    # to a human (a real result arriving later replaces it). streams/ledger.py.
+    clip_deadline_s: float = 60.0
 
     # Where clips may come from. The upload store must not lie under a media root.
     media_roots: tuple[Path, ...] = (PROJECT_ROOT / ".clipguard" / "media",)

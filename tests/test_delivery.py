@@ -10,6 +10,7 @@ from faust.exceptions import ProducerSendError
 from streams.app import Runtime, Undeliverable, _deliver, is_permanent
 from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, default_codec
 from streams.errors import ErrorCode
+from streams.ledger import Ledger
 from streams.pipeline import Origin, Out
 from streams.settings import Settings
 from streams.topics import Topic
@@ -44,12 +45,13 @@ def test_only_what_no_retry_can_change_is_permanent(exc, permanent):
 
 class Topic_:
     def __init__(self, failures=()):
-        self.failures, self.sent = list(failures), []
+        self.failures, self.sent, self.headers = list(failures), [], []
 
-    async def send(self, key, value):
+    async def send(self, key, value, headers=None):
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append((key, value))
+        self.headers.append(headers)
         done = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -57,7 +59,7 @@ class Topic_:
 
 def runtime(**topics):
     all_topics = {topic: Topic_() for topic in Topic} | topics
-    return Runtime(Settings(), SimpleNamespace(), codec, all_topics, table={})
+    return Runtime(Settings(), SimpleNamespace(), codec, all_topics, {}, Ledger(60, 3600))
 
 
 async def test_a_passing_outage_is_retried_until_kafka_takes_the_output():
@@ -99,3 +101,6 @@ async def test_a_decoded_clip_kafka_refuses_becomes_an_error_result_and_a_dead_l
     assert result["status"]["classify"] == "error"
     ((_, letter_value),) = rt.topics[Topic.DEADLETTER].sent
     assert codec.parse(letter_value, expect=DEAD_LETTER)["value"] == value
+    (headers,) = rt.topics[Topic.DEADLETTER].headers
+    assert dict(headers)["__connect.errors.stage"] == b"deliver"
+    assert rt.topics[Topic.RESULTS].headers == [None]

@@ -8,10 +8,10 @@ import pytest
 
 from streams.codec import DEAD_LETTER, DECODED, REQUEST, RESULT, default_codec
 from streams.errors import ErrorCode
+from streams.ledger import Ledger
 from streams.pipeline import (
     ClassifyStep,
     DecodeStep,
-    Expiry,
     Origin,
     Out,
     ResultsStep,
@@ -139,16 +139,6 @@ def test_an_error_never_replaces_a_success_but_a_retry_can_fix_an_error():
     assert not should_store(failed, pending)
 
 
-def test_results_are_forgotten_after_the_retention_partition_by_partition():
-    expiry = Expiry(retention_s=100)
-    assert expiry.note(0, b"a", now=0) == []
-    assert expiry.note(1, b"b", now=50) == []
-    assert expiry.note(0, b"c", now=90) == []
-    assert expiry.note(0, b"d", now=101) == [b"a"]  # b is on another partition
-    assert expiry.note(1, b"e", now=151) == [b"b"]
-    assert expiry.note(0, b"f", now=500) == [b"c", b"d"]
-
-
 # --- ClassifyStep: decoded -> results ---------------------------------------------------
 
 
@@ -239,7 +229,7 @@ class Results:
         self.step = ResultsStep(
             codec,
             self.table,
-            Expiry(retention_s),
+            Ledger(deadline_s=60.0, retention_s=retention_s),
             on_final=lambda key, value: self.woken.append(key),
             clock=lambda: self.now,
         )
