@@ -127,18 +127,16 @@ def _deadletter(args: argparse.Namespace, settings: Settings) -> int:
     from streams import deadletters
 
     chosen = (args.stage, args.code, args.ids, args.since, args.until)
+    filters = {
+        "stage": args.stage,
+        "code": args.code,
+        "ids": args.ids,
+        "since": args.since,
+        "until": args.until,
+        "limit": args.limit,
+    }
     if args.action == "list":
-        report = asyncio.run(
-            deadletters.list_letters(
-                settings,
-                stage=args.stage,
-                code=args.code,
-                ids=args.ids,
-                since=args.since,
-                until=args.until,
-                limit=args.limit,
-            )
-        )
+        report = asyncio.run(deadletters.list_letters(settings, **filters))
         for line in deadletters.table(report.matched):
             print(line)
         print(f"{report.topic}: {len(report.matched)} dead letters", file=sys.stderr)
@@ -148,18 +146,7 @@ def _deadletter(args: argparse.Namespace, settings: Settings) -> int:
             "refusing to replay every dead letter: choose with --stage, --code, --id, --since "
             "or --until (try --dry-run first), or say --all"
         )
-    report = asyncio.run(
-        deadletters.replay(
-            settings,
-            stage=args.stage,
-            code=args.code,
-            ids=args.ids,
-            since=args.since,
-            until=args.until,
-            limit=args.limit,
-            dry_run=args.dry_run,
-        )
-    )
+    report = asyncio.run(deadletters.replay(settings, **filters, dry_run=args.dry_run))
     for line in report.lines():
         print(line)
     return 0

@@ -24,8 +24,8 @@ from datetime import datetime
 from streams.codec import RESULT, AvroCodec
 from streams.errors import ErrorCode
 from streams.pipeline import Origin, Out, dead_letter
-from streams.records import ClassificationResult, ClipRequest
-from streams.results import error_result, is_final
+from streams.records import ClassificationResult
+from streams.results import error_result, is_final, request_of
 from streams.topics import Topic
 
 log = logging.getLogger(__name__)
@@ -112,18 +112,7 @@ def _created(record: ClassificationResult, default: float) -> float:
 
 def deadline_result(pending: ClassificationResult, deadline_s: float) -> ClassificationResult:
     """The error result of a clip that got no final result in time (risk: danger)."""
-    request: ClipRequest = {
-        "id": pending["id"],
-        "tenant": pending["tenant"],
-        "camera_id": pending["camera_id"],
-        "parent_id": pending["parent_id"],
-        "analyse_id": pending["analyse_id"],
-        "video_uri": "",
-        "videoname": pending["video"]["videoname"],
-        "filesize": pending["video"]["filesize"],
-        "metadata": pending["metadata"],
-        "created_at": pending["created_at"],
-    }
+    request = request_of(pending)
     message = (
         f"clip {pending['id']}: not processed within {deadline_s:.0f} s "
         "(CLIPGUARD_CLIP_DEADLINE_S); a later result replaces this one"

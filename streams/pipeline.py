@@ -46,6 +46,7 @@ from streams.results import (
     finish_timing,
     is_final,
     iso_timestamp,
+    request_of,
     videoname_of,
 )
 from streams.settings import Settings
@@ -231,19 +232,7 @@ def _request_in(codec: AvroCodec, out: Out) -> ClipRequest | None:
         if out.topic is Topic.DECODED:
             return codec.parse(out.value, expect=DECODED)["request"]
         if out.topic in (Topic.RESULTS, Topic.PROGRESS):
-            result = codec.parse(out.value, expect=RESULT)
-            return {
-                "id": result["id"],
-                "tenant": result["tenant"],
-                "camera_id": result["camera_id"],
-                "parent_id": result["parent_id"],
-                "analyse_id": result["analyse_id"],
-                "video_uri": "",
-                "videoname": result["video"]["videoname"],
-                "filesize": result["video"]["filesize"],
-                "metadata": result["metadata"],
-                "created_at": result["created_at"],
-            }
+            return request_of(codec.parse(out.value, expect=RESULT))
     except CodecError:
         return None
     return None

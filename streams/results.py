@@ -239,3 +239,20 @@ def videoname_of(uri: str) -> str:
     credentials there, and the name ends up in results and logs)."""
     path = uri.split("#", 1)[0].split("?", 1)[0]
     return path.rstrip("/").rsplit("/", 1)[-1]
+
+
+def request_of(result: ClassificationResult) -> ClipRequest:
+    """Enough of a result's clip request to address another result for the same clip (an error
+    result that replaces one Kafka refused, or one at the clip's deadline)."""
+    return {
+        "id": result["id"],
+        "tenant": result["tenant"],
+        "camera_id": result["camera_id"],
+        "parent_id": result["parent_id"],
+        "analyse_id": result["analyse_id"],
+        "video_uri": "",
+        "videoname": result["video"]["videoname"],
+        "filesize": result["video"]["filesize"],
+        "metadata": result["metadata"],
+        "created_at": result["created_at"],
+    }
