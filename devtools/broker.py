@@ -338,8 +338,8 @@ class Broker:
             str(libs / "*"),
             "kafka.tools.StorageTool",
             "format",
-            "--cluster-id",
-            cluster_id,
+            # One argument: a base64 id starting with "-" (1 in 64) would read as an option.
+            f"--cluster-id={cluster_id}",
             "--config",
             str(self.config_file),
         ]
