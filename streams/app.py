@@ -38,6 +38,7 @@ from streams.codec import RESULT, AvroCodec, default_codec
 from streams.errors import CodecError, ErrorCode
 from streams.health import BrokerMonitor
 from streams.ledger import Ledger, deadline_outputs
+from streams.logs import log_outcome
 from streams.pipeline import (
     ClassifyStep,
     DecodeStep,
@@ -343,6 +344,7 @@ async def answer_late_clips(runtime: Runtime) -> None:
                 settings.clip_deadline_s,
             )
             await runtime.send(outs)
+            log_outcome(runtime.codec, outs)
 
 
 async def _wait_for(ready: Callable[[], Step | None]) -> Step:
@@ -386,11 +388,13 @@ async def _deliver(runtime: Runtime, outs: list[Out], value: bytes, origin: Orig
     """Send a step's outputs; one Kafka refuses for good is answered as an error instead."""
     try:
         await runtime.send(outs)
+        log_outcome(runtime.codec, outs)  # one clip_outcome line per result sent
     except Undeliverable as exc:
         log.error("%s: %s; the clip gets an error result", origin, exc)
         fallback = undeliverable(runtime.codec, origin, value, exc.out, repr(exc.cause)[:300])
         try:
             await runtime.send(fallback)
+            log_outcome(runtime.codec, fallback)
         except Undeliverable as again:  # even the error could not be written: say so loudly
             log.error("%s: the error result was refused too (%s); input dropped", origin, again)
 

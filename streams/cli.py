@@ -1,5 +1,5 @@
 """The `clipguard` command: worker, broker, run (broker + worker for development), keys,
-deadletter (list and replay dead letters)."""
+deadletter (list and replay dead letters), status (is it working: one screen)."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def _main(argv: list[str]) -> int:
     key_actions.add_parser("revoke", help="remove the key with this id").add_argument("id")
     key_actions.add_parser("migrate", help="rewrite a version 1 file (plaintext) with digests")
     _add_deadletter(sub)
+    sub.add_parser(
+        "status", help="workers, lag, recent results, dead letters, the live model pack"
+    ).add_argument("--json", action="store_true", help="the same as one JSON object")
     args, rest = parser.parse_known_args(argv)
 
     if args.command == "broker":  # development tooling, not part of a worker
@@ -54,6 +57,8 @@ def _main(argv: list[str]) -> int:
         return _keys(args, settings)
     if args.command == "deadletter":
         return _deadletter(args, settings)
+    if args.command == "status":
+        return _status(args, settings)
     from streams.wiring import run_worker
 
     return run_worker(settings)
@@ -86,6 +91,21 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
         version = wiring.migrate_api_keys(path)
         done = "already stores digests only" if version == 2 else "now stores digests only"
         print(f"API key file {path} (version {version}) {done}")
+    return 0
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    """`clipguard status [--json]` against CLIPGUARD_KAFKA_BOOTSTRAP (docs/operations.md)."""
+    import dataclasses
+    import json
+
+    from streams import status
+
+    report = asyncio.run(status.status(settings))
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+    else:
+        print(status.format_status(report))
     return 0
 
 

@@ -108,6 +108,11 @@ class Settings:
     # JSON file of per-tenant policies (thresholds, risk mapping); empty: built-in defaults.
     policy_file: Path | None = None
 
+    # Logs (streams/logs.py): "text" or "json" (one JSON object a line); ClipGuard's own loggers
+    # log at INFO, Faust, aiokafka, mode and the rest at log_level_libraries.
+    log_format: str = "text"
+    log_level_libraries: str = "WARNING"
+
     def __post_init__(self) -> None:
         uploads = Path(self.upload_dir).resolve()
         for root in self.media_roots:

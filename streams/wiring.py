@@ -9,7 +9,6 @@ Faust app's own web server, and the `clipguard` command (streams/cli.py) starts 
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +18,7 @@ from api import auth
 from api.views import install
 from streams.admin import ensure_topics
 from streams.app import create_app, runtime_of
+from streams.logs import configure_logging
 from streams.service import WorkerService
 from streams.settings import Settings
 
@@ -32,10 +32,12 @@ def create_worker(settings: Settings) -> faust.App:
 
 
 def run_worker(settings: Settings) -> int:
-    logging.basicConfig(level=logging.INFO)
+    configure_logging(settings)  # streams/logs.py: levels, text or JSON, secrets scrubbed
     app = create_worker(settings)  # configuration mistakes surface here, before Kafka is touched
     asyncio.run(ensure_topics(settings))
-    worker = faust.Worker(app, loglevel="INFO")
+    # Faust would replace the logging set up above with its own (INFO everywhere, no scrubber).
+    worker = faust.Worker(app, loglevel="INFO", override_logging=False)
+    worker.spinner = None  # no progress spinner between the log lines on a terminal
     worker.execute_from_commandline()
     return 0
 
