@@ -21,6 +21,6 @@ ENV CLIPGUARD_MODELS_DIR=/app/models \
     CLIPGUARD_API_KEYS_FILE=/config/api-keys.json \
     CLIPGUARD_INTERNAL_SECRET_FILE=/config/internal-secret \
     CLIPGUARD_WEB_BIND=0.0.0.0
-EXPOSE 6066
+EXPOSE 6066 6068
 ENTRYPOINT ["clipguard"]
 CMD ["worker"]

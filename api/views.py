@@ -79,13 +79,39 @@ class ClipService(Protocol):
     def readiness(self) -> dict[str, bool]: ...
 
 
+class SyncMetrics(Protocol):
+    """What the views report about sync=true requests (streams/metrics.py `Metrics`)."""
+
+    def sync_started(self) -> None: ...
+    def sync_finished(self) -> None: ...
+    def sync_timed_out(self) -> None: ...
+
+
+class _NoMetrics:
+    def sync_started(self) -> None:
+        pass
+
+    def sync_finished(self) -> None:
+        pass
+
+    def sync_timed_out(self) -> None:
+        pass
+
+
 SERVICE = web.AppKey("clipguard_service", ClipService)
+METRICS = web.AppKey("clipguard_metrics", SyncMetrics)
 UPLOADS = web.AppKey("clipguard_uploads", UploadStore)
 SYNC_IN_FLIGHT = web.AppKey("clipguard_sync_in_flight", collections.Counter[str])
 
 
-def install(app: web.Application, service: ClipService, settings: Settings) -> None:
+def install(
+    app: web.Application,
+    service: ClipService,
+    settings: Settings,
+    metrics: SyncMetrics | None = None,
+) -> None:
     app[SERVICE] = service
+    app[METRICS] = metrics if metrics is not None else _NoMetrics()
     app[KEYS] = ApiKeys.load(settings.api_keys_file)
     app[TOKENS] = internal.InternalTokens.from_file(settings.internal_secret_file)
     app[UPLOADS] = UploadStore(settings.upload_dir)
@@ -183,6 +209,7 @@ async def classify(request: web.Request) -> web.Response:
             )
         record = await _wait(service, request, clip_id, tenant)
     if record is None:
+        request.app[METRICS].sync_timed_out()
         raise HttpError(
             TIMEOUT,
             f"no result within {settings.sync_timeout_s} s; poll {poll}",
@@ -224,9 +251,12 @@ def _sync_slot(request: web.Request, tenant: str, sync: bool) -> Iterator[None]:
             QUOTA_EXCEEDED, f"{limit} sync=true requests of this tenant are in flight; retry"
         )
     in_flight[tenant] += 1
+    metrics = request.app[METRICS]
+    metrics.sync_started()
     try:
         yield
     finally:
+        metrics.sync_finished()
         in_flight[tenant] -= 1
         if not in_flight[tenant]:
             del in_flight[tenant]

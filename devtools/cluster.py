@@ -47,7 +47,7 @@ def worker_env(
     """The shipped defaults (decode_workers, inference_threads...) plus this run's wiring;
     `kafka`: the CLIPGUARD_KAFKA_* settings of the worker's principal (kafka_acl.worker_settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLIPGUARD_")}
-    (port,) = free_ports(1)
+    port, metrics_port = free_ports(2)
     env.update(
         {
             "CLIPGUARD_KAFKA_BOOTSTRAP": bootstrap,
@@ -57,6 +57,7 @@ def worker_env(
             "CLIPGUARD_DATA_DIR": str(workdir / name),
             "CLIPGUARD_WEB_HOST": "127.0.0.1",
             "CLIPGUARD_WEB_PORT": str(port),
+            "CLIPGUARD_METRICS_PORT": str(metrics_port),
             "CLIPGUARD_API_KEYS_FILE": str(workdir / "keys.json"),
             "CLIPGUARD_INTERNAL_SECRET_FILE": str(workdir / "internal-secret"),
             "CLIPGUARD_MEDIA_ROOTS": str(workdir / "media"),

@@ -39,6 +39,14 @@ from streams.errors import CodecError, ErrorCode
 from streams.health import BrokerMonitor
 from streams.ledger import Ledger, deadline_outputs
 from streams.logs import log_outcome
+from streams.metrics import (
+    REFRESH_S,
+    Metrics,
+    MetricsSensor,
+    consumed_topics,
+    record_output,
+    refresh_consumer,
+)
 from streams.pipeline import (
     ClassifyStep,
     DecodeStep,
@@ -61,6 +69,8 @@ log = logging.getLogger(__name__)
 
 Step = Callable[[bytes, Origin], Awaitable[list[Out]]]
 DEADLINE_CHECK_S = 2.0
+# A deadline tick this late means the process did not run for a while: see answer_late_clips.
+STALL_S = 5 * DEADLINE_CHECK_S
 
 
 # Kafka's answers that no retry can change: the record, the topic or our rights are wrong.
@@ -100,9 +110,12 @@ class Runtime:
     decode_step: DecodeStep | None = None
     classify_step: ClassifyStep | None = None
     model_loaded: bool = False
+    last_deadline_check: float | None = None
     # Whether Kafka answers (streams/health.py): /ready's broker check, the quiet outage log.
     broker: BrokerMonitor | None = None
     waiters: dict[bytes, list[asyncio.Future[bytes]]] = field(default_factory=dict)
+    # The worker's Prometheus metrics (streams/metrics.py; served apart, streams/wiring.py).
+    metrics: Metrics = field(default_factory=Metrics)
 
     async def send(self, outs: list[Out]) -> None:
         """Produce `outs` and wait until Kafka has them, retrying while it is unreachable.
@@ -119,6 +132,7 @@ class Runtime:
                         key=out.key, value=out.value, headers=list(out.headers) or None
                     )
                     await pending
+                    record_output(self.metrics, self.codec, out, time.time())
                     break
                 except (KafkaError, ProducerSendError) as exc:
                     if is_permanent(exc):
@@ -199,6 +213,8 @@ def create_app(settings: Settings) -> faust.App:
     )
     runtime = Runtime(settings, app, default_codec(), topics, table, ledger, broker=monitor)
     app.clipguard = runtime  # type: ignore[attr-defined]
+    runtime.metrics.watch_kafka(lambda: monitor.reachable)
+    app.sensors.add(MetricsSensor(runtime.metrics, consumed_topics(settings)))
     # Read now, so a wrong policy file stops the worker before it joins the group.
     policies = load_policies(settings.policy_file)
     _add_lifecycle(app, runtime, policies)
@@ -250,11 +266,19 @@ def _add_lifecycle(app: faust.App, runtime: Runtime, policies: PolicyBook) -> No
 
     @app.task(on_leader=False)  # type: ignore[untyped-decorator]
     async def _start_stages() -> None:
-        settings = runtime.settings
-        pool = DecodePool(settings, decode_fn=decode_to_jpeg)
+        settings, metrics = runtime.settings, runtime.metrics
+        pool = DecodePool(
+            settings, decode_fn=decode_to_jpeg, on_restart=metrics.decode_child_restarted
+        )
         pools.append(pool)
+        metrics.watch_decode_pool(lambda: pool.busy, pool.size)
         runtime.decode_step = DecodeStep(
-            settings, runtime.codec, pool, uploads, intake_topics(settings)
+            settings,
+            runtime.codec,
+            pool,
+            uploads,
+            intake_topics(settings),
+            on_request=lambda request: metrics.clip_received(request["tenant"]),
         )
         loop = asyncio.get_running_loop()
         pack = await loop.run_in_executor(
@@ -262,6 +286,7 @@ def _add_lifecycle(app: faust.App, runtime: Runtime, policies: PolicyBook) -> No
         )
         runtime.classify_step = ClassifyStep(runtime.codec, pack, policies, inference)
         runtime.model_loaded = True
+        metrics.model_pack_loaded(pack.name, pack.version)
         log.info("model pack %s %s loaded", pack.name, pack.version)
 
     @app.timer(interval=3600.0)  # type: ignore[untyped-decorator]
@@ -276,6 +301,12 @@ def _add_lifecycle(app: faust.App, runtime: Runtime, policies: PolicyBook) -> No
     @app.timer(interval=DEADLINE_CHECK_S)  # type: ignore[untyped-decorator]
     async def _answer_late_clips() -> None:
         await answer_late_clips(runtime)
+
+    consumed = consumed_topics(runtime.settings)
+
+    @app.timer(interval=REFRESH_S)  # type: ignore[untyped-decorator]
+    async def _refresh_metrics() -> None:
+        await refresh_consumer(runtime.metrics, app, consumed)
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     def _shutdown(app: faust.App, **kwargs: Any) -> None:
@@ -320,9 +351,27 @@ async def rebuild_ledger(runtime: Runtime) -> None:
 
 
 async def answer_late_clips(runtime: Runtime) -> None:
-    """Give every clip past its deadline an error result (the results agent stores it)."""
+    """Give every clip past its deadline an error result (the results agent stores it).
+
+    Only a worker sure of its partitions answers for them: never during a rebalance, and not
+    right after this process was frozen or starved (a tick much later than planned, e.g. after
+    a SIGSTOP past the session timeout): its partitions may belong to another worker by now,
+    which is answering those clips. Then the pending clips' clocks start again instead.
+    """
     app = runtime.app
+    now, last = time.monotonic(), runtime.last_deadline_check
+    runtime.last_deadline_check = now
     if not (app.tables and cast(Any, app.tables).recovery.completed.is_set()):
+        return
+    if getattr(app, "rebalancing", False):
+        return
+    if last is not None and now - last > STALL_S:
+        log.warning(
+            "the deadline timer ran %.0f s late (frozen or starved?): pending clips get their "
+            "deadline afresh, and this worker waits for the group to confirm its partitions",
+            now - last - DEADLINE_CHECK_S,
+        )
+        runtime.ledger.restart_clocks(time.time())
         return
     settings = runtime.settings
     for partition, key in runtime.ledger.overdue(time.time(), owned_partitions(runtime)):

@@ -88,6 +88,12 @@ class Ledger:
         """Past the retention, waiting for the agent to delete it: not to be served."""
         return key in self._partitions[partition].to_forget
 
+    def restart_clocks(self, now: float) -> None:
+        """Every pending clip's deadline starts again now (after this worker stalled)."""
+        for part in self._partitions.values():
+            for key in part.pending:
+                part.pending[key] = now
+
     def forget(self, partitions: Iterable[int]) -> None:
         """Partitions this worker no longer owns: their clips are another worker's to answer."""
         for partition in partitions:

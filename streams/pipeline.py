@@ -261,6 +261,7 @@ class DecodeStep:
         pool: Any,
         uploads: UploadStore,
         intake_tenants: Mapping[str, str] | None = None,
+        on_request: Callable[[ClipRequest], None] | None = None,
     ) -> None:
         self.settings = settings
         self.codec = codec
@@ -268,6 +269,8 @@ class DecodeStep:
         self.uploads = uploads
         # A tenant's intake topic (only its VMS principal may write it) -> that tenant.
         self.intake_tenants = dict(intake_tenants or {})
+        # Told of every request that passed check_request (the worker's metrics).
+        self.on_request = on_request
 
     async def __call__(self, value: bytes, origin: Origin) -> list[Out]:
         try:
@@ -275,6 +278,8 @@ class DecodeStep:
             check_request(request, origin, self.intake_tenants.get(origin.topic))
         except CodecError as exc:
             return [malformed(self.codec, origin, value, "intake", exc)]
+        if self.on_request is not None:
+            self.on_request(request)
         started_at = iso_timestamp()
         timing: dict[str, float] = {}
         try:

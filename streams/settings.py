@@ -60,6 +60,11 @@ class Settings:
     web_host: str = "127.0.0.1"
     web_bind: str = ""
     web_port: int = 6066
+    # Prometheus metrics (docs/metrics.md): GET /metrics on this port, apart from the API, with
+    # no key (it shows tenant names, never a clip); 0: not served. metrics_bind: the interface
+    # (empty: web_bind, else web_host).
+    metrics_port: int = 6068
+    metrics_bind: str = ""
     api_keys_file: Path = PROJECT_ROOT / ".clipguard" / "api-keys.json"
     # Shared by the workers of one deployment: they sign lookups they forward to each other with
     # it (api/internal.py) instead of passing on the tenant's key. Created by the first worker.

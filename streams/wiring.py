@@ -19,6 +19,7 @@ from api.views import install
 from streams.admin import ensure_topics
 from streams.app import create_app, runtime_of
 from streams.logs import configure_logging
+from streams.metrics import serve
 from streams.service import WorkerService
 from streams.settings import Settings
 
@@ -27,13 +28,17 @@ def create_worker(settings: Settings) -> faust.App:
     """The pipeline with the HTTP API on its web server; configuration mistakes raise here."""
     app = create_app(settings)
     web_app = cast(Any, app.web).web_app  # the aiohttp Application inside Faust's web driver
-    install(web_app, WorkerService(runtime_of(app)), settings)
+    runtime = runtime_of(app)
+    install(web_app, WorkerService(runtime), settings, metrics=runtime.metrics)
     return app
 
 
 def run_worker(settings: Settings) -> int:
     configure_logging(settings)  # streams/logs.py: levels, text or JSON, secrets scrubbed
     app = create_worker(settings)  # configuration mistakes surface here, before Kafka is touched
+    # GET /metrics on a port of its own (docs/metrics.md): no key there, so not the API's port.
+    bind = settings.metrics_bind or settings.web_bind or settings.web_host
+    serve(runtime_of(app).metrics.registry, settings.metrics_port, bind)
     asyncio.run(ensure_topics(settings))
     # Faust would replace the logging set up above with its own (INFO everywhere, no scrubber).
     worker = faust.Worker(app, loglevel="INFO", override_logging=False)

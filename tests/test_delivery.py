@@ -104,3 +104,47 @@ async def test_a_decoded_clip_kafka_refuses_becomes_an_error_result_and_a_dead_l
     (headers,) = rt.topics[Topic.DEADLETTER].headers
     assert dict(headers)["__connect.errors.stage"] == b"deliver"
     assert rt.topics[Topic.RESULTS].headers == [None]
+
+
+def _late_runtime(rebalancing=False):
+    from aiokafka.structs import TopicPartition
+
+    from streams.results import base_result
+
+    request = clip_request("upload://x.mp4")
+    key = request["id"].encode()
+    recovered = SimpleNamespace(is_set=lambda: True)
+    app = SimpleNamespace(
+        tables=SimpleNamespace(recovery=SimpleNamespace(completed=recovered)),
+        rebalancing=rebalancing,
+        consumer=SimpleNamespace(assignment=lambda: {TopicPartition("clipguard.results", 0)}),
+    )
+    rt = runtime()
+    rt.app = app
+    rt.ledger = Ledger(deadline_s=60, retention_s=3600)
+    rt.table = {key: codec.serialize(RESULT, base_result(request, started_at=""))}
+    rt.ledger.stored(0, key, base_result(request, started_at=""), now=0)  # pending since 1970
+    return rt
+
+
+async def test_a_late_clip_is_answered_by_a_worker_sure_of_its_partitions():
+    from streams.app import answer_late_clips
+
+    rt = _late_runtime()
+    await answer_late_clips(rt)
+    ((_, value),) = rt.topics[Topic.RESULTS].sent
+    assert codec.parse(value, expect=RESULT)["error_code"] == ErrorCode.DEADLINE_EXCEEDED
+
+
+async def test_no_deadline_answers_during_a_rebalance_or_right_after_a_stall():
+    from streams.app import answer_late_clips
+
+    rebalancing = _late_runtime(rebalancing=True)
+    await answer_late_clips(rebalancing)
+    assert rebalancing.topics[Topic.RESULTS].sent == []
+    stalled = _late_runtime()
+    stalled.last_deadline_check = -1e9  # the previous tick was long ago: frozen or starved
+    await answer_late_clips(stalled)
+    assert stalled.topics[Topic.RESULTS].sent == []
+    await answer_late_clips(stalled)  # the next tick is on time, and the clock started afresh
+    assert stalled.topics[Topic.RESULTS].sent == []

@@ -76,3 +76,11 @@ def test_a_late_clip_gets_a_fail_safe_error_result_and_a_dead_letter():
 def test_a_clip_answered_meanwhile_gets_no_deadline_result():
     value = codec.serialize(RESULT, done(pending()))
     assert deadline_outputs(codec, "clipguard.progress", 0, b"k", value, 60) == []
+
+
+def test_after_a_stall_pending_clips_get_their_deadline_afresh():
+    ledger = Ledger(deadline_s=60, retention_s=1000)
+    ledger.stored(0, b"waiting", pending(), now=0)
+    ledger.restart_clocks(now=100)  # the worker was frozen from 10 to 100
+    assert ledger.overdue(now=150, partitions=[0]) == []
+    assert ledger.overdue(now=161, partitions=[0]) == [(0, b"waiting")]

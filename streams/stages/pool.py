@@ -143,11 +143,19 @@ class DecodePool:
 
     `decode_fn` replaces `decode` in the children; tests pass functions that crash or hang.
     It must be a module-level function (it is pickled by name). Each child gets the memory
-    limit `DECODE_MEMORY_BYTES` as it is when the pool is built.
+    limit `DECODE_MEMORY_BYTES` as it is when the pool is built. `on_restart` is told why each
+    child was replaced: "crashed", "hung" (killed at the timeout), "out_of_memory", "failed".
     """
 
-    def __init__(self, settings: Settings, *, decode_fn: DecodeFn = decode) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        decode_fn: DecodeFn = decode,
+        on_restart: Callable[[str], None] | None = None,
+    ) -> None:
         self._decode_fn = decode_fn
+        self._on_restart = on_restart
         self._memory_budget = DECODE_MEMORY_BYTES
         self._size = max(1, settings.decode_workers)
         self._context = multiprocessing.get_context("forkserver")
@@ -159,6 +167,16 @@ class DecodePool:
             self._idle.put_nowait(None)  # started on first use
         self._slots: set[_Slot] = set()
         self._closed = False
+
+    @property
+    def size(self) -> int:
+        """Decode slots (child processes, started on first use)."""
+        return self._size
+
+    @property
+    def busy(self) -> int:
+        """Slots decoding a clip now."""
+        return self._size - self._idle.qsize()
 
     async def decode(
         self, path: Path, settings: Settings, videoname: str | None = None
@@ -174,10 +192,14 @@ class DecodePool:
                 log.error("decoder process failed on %s (%s); restarting it", name, outcome[2])
                 self._discard(slot)
                 slot = None
+                self._restarted(
+                    "out_of_memory" if outcome[1] == ErrorCode.LIMIT_EXCEEDED else "failed"
+                )
         except BrokenProcessPool as exc:
             if slot is not None:
                 self._discard(slot)
             slot = None
+            self._restarted("crashed")
             log.error("decoder process crashed on %s; restarting it", name)
             raise ClipError(
                 ErrorCode.DECODER_CRASHED, f"{name}: the decoder process crashed on this file"
@@ -186,6 +208,7 @@ class DecodePool:
             if slot is not None:
                 self._discard(slot)
             slot = None
+            self._restarted("hung")
             log.error(
                 "decoding %s took over %ss; killed its process", name, settings.decode_timeout_s
             )
@@ -221,6 +244,10 @@ class DecodePool:
         slot = _Slot(executor, pid)
         self._slots.add(slot)
         return slot
+
+    def _restarted(self, reason: str) -> None:
+        if self._on_restart is not None:
+            self._on_restart(reason)
 
     def _discard(self, slot: _Slot) -> None:
         self._slots.discard(slot)
