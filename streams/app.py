@@ -36,6 +36,7 @@ from faust.exceptions import ProducerSendError
 from streams.admin import client_options
 from streams.codec import RESULT, AvroCodec, default_codec
 from streams.errors import CodecError, ErrorCode
+from streams.fence import StallFence
 from streams.health import BrokerMonitor
 from streams.ledger import Ledger, deadline_outputs
 from streams.logs import log_outcome
@@ -69,6 +70,7 @@ log = logging.getLogger(__name__)
 
 Step = Callable[[bytes, Origin], Awaitable[list[Out]]]
 DEADLINE_CHECK_S = 2.0
+FENCE_TICK_S = 0.5
 # A deadline tick this late means the process did not run for a while: see answer_late_clips.
 STALL_S = 5 * DEADLINE_CHECK_S
 
@@ -111,6 +113,7 @@ class Runtime:
     classify_step: ClassifyStep | None = None
     model_loaded: bool = False
     last_deadline_check: float | None = None
+    fence: StallFence = field(default_factory=lambda: StallFence(float("inf")))
     # Whether Kafka answers (streams/health.py): /ready's broker check, the quiet outage log.
     broker: BrokerMonitor | None = None
     waiters: dict[bytes, list[asyncio.Future[bytes]]] = field(default_factory=dict)
@@ -212,6 +215,7 @@ def create_app(settings: Settings) -> faust.App:
         summary_every_s=settings.kafka_outage_summary_s,
     )
     runtime = Runtime(settings, app, default_codec(), topics, table, ledger, broker=monitor)
+    runtime.fence = StallFence(settings.kafka_session_timeout_s)
     app.clipguard = runtime  # type: ignore[attr-defined]
     runtime.metrics.watch_kafka(lambda: monitor.reachable)
     app.sensors.add(MetricsSensor(runtime.metrics, consumed_topics(settings)))
@@ -298,6 +302,14 @@ def _add_lifecycle(app: faust.App, runtime: Runtime, policies: PolicyBook) -> No
     async def _rebuild_ledger() -> None:
         await rebuild_ledger(runtime)
 
+    @app.timer(interval=FENCE_TICK_S)  # type: ignore[untyped-decorator]
+    async def _tick_fence() -> None:
+        runtime.fence.tick()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _open_fence(app: faust.App, *args: Any, **kwargs: Any) -> None:
+        runtime.fence.partitions_assigned()
+
     @app.timer(interval=DEADLINE_CHECK_S)  # type: ignore[untyped-decorator]
     async def _answer_late_clips() -> None:
         await answer_late_clips(runtime)
@@ -363,7 +375,7 @@ async def answer_late_clips(runtime: Runtime) -> None:
     runtime.last_deadline_check = now
     if not (app.tables and cast(Any, app.tables).recovery.completed.is_set()):
         return
-    if getattr(app, "rebalancing", False):
+    if getattr(app, "rebalancing", False) or runtime.fence.closed:
         return
     if last is not None and now - last > STALL_S:
         log.warning(
@@ -468,7 +480,13 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
         async for _ in _run_step(runtime, stream, lambda: runtime.classify_step):
             yield None
 
-    results_step = ResultsStep(runtime.codec, runtime.table, runtime.ledger, runtime.notify)
+    results_step = ResultsStep(
+        runtime.codec,
+        runtime.table,
+        runtime.ledger,
+        runtime.notify,
+        may_write=runtime.fence.may_write,
+    )
     results_and_progress = _raw_topic(
         app, settings, settings.topic(Topic.RESULTS), settings.topic(Topic.PROGRESS)
     )

@@ -414,12 +414,16 @@ class ResultsStep:
         ledger: Ledger,
         on_final: Callable[[bytes, bytes], None],
         clock: Callable[[], float] = time.time,
+        may_write: Callable[[], bool] = lambda: True,
     ) -> None:
         self.codec = codec
         self.table = table
         self.ledger = ledger
         self.on_final = on_final
         self.clock = clock
+        # False while this worker may have lost its partitions (streams/fence.py): a zombie's
+        # table write would make a later recovery skip the new owner's records.
+        self.may_write = may_write
 
     async def __call__(self, value: bytes, origin: Origin) -> list[Out]:
         key = origin.key
@@ -429,6 +433,9 @@ class ResultsStep:
             incoming = self.codec.parse(value, expect=RESULT)
         except CodecError as exc:
             return [malformed(self.codec, origin, value, "results", exc)]
+        if not self.may_write():
+            log.info("%s: fenced (this worker stalled); the partition's owner stores it", origin)
+            return []
         current = self.table.get(key)
         current_record = None if current is None else self.codec.parse(current, expect=RESULT)
         if current_record is not None and current_record["tenant"] != incoming["tenant"]:
