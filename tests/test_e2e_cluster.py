@@ -11,6 +11,7 @@ from tests.test_e2e import CLIPS, call, multipart
 from tests.workers import Worker, running, worker_env
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+VOLATILE = ("timing", "duration", "duration_seconds", "started_at")
 
 
 def test_any_worker_serves_any_result_and_results_survive_a_restart(kafka_bootstrap, tmp_path):
@@ -41,8 +42,15 @@ def test_any_worker_serves_any_result_and_results_survive_a_restart(kafka_bootst
                 status, _ = call(f"{worker.url}/api/result/{clip_id}", keys["globex"])
                 assert status == 404
 
+    # At-least-once: a clip whose offset was not committed when w1 stopped is classified again
+    # by the worker that takes its partition. The answer is the same; the measurements of the
+    # second run (timing, duration, started_at) are its own.
     restarted = Worker(envs[0], tmp_path / "w1-again.log")
     with running(restarted):
         for clip_id, result in results.items():
             status, got = call(f"{restarted.url}/api/result/{clip_id}", keys["acme"])
-            assert status == 200 and got == result
+            assert status == 200 and answer(got) == answer(result)
+
+
+def answer(result):
+    return {k: v for k, v in result.items() if k not in VOLATILE}
