@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -51,6 +51,7 @@ from streams.metrics import (
 from streams.pipeline import (
     ClassifyStep,
     DecodeStep,
+    Headers,
     Origin,
     Out,
     ResultsStep,
@@ -65,6 +66,7 @@ from streams.stages.policy import PolicyBook, load_policies
 from streams.stages.pool import DecodePool, decode_to_jpeg
 from streams.stages.uploads import UploadStore
 from streams.topics import MAX_MESSAGE_BYTES, RESULT_TABLE, Topic, changelog_config, intake_topics
+from streams.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,8 @@ class Runtime:
     waiters: dict[bytes, list[asyncio.Future[bytes]]] = field(default_factory=dict)
     # The worker's Prometheus metrics (streams/metrics.py; served apart, streams/wiring.py).
     metrics: Metrics = field(default_factory=Metrics)
+    # OpenTelemetry traces (streams/tracing.py): off unless streams/wiring.py sets them up.
+    tracing: Tracing = field(default_factory=Tracing)
 
     async def send(self, outs: list[Out]) -> None:
         """Produce `outs` and wait until Kafka has them, retrying while it is unreachable.
@@ -416,14 +420,33 @@ async def _wait_for(ready: Callable[[], Step | None]) -> Step:
 
 def _origin(event: faust.EventT[bytes]) -> Origin:
     message = event.message
-    return Origin(message.topic, message.partition, message.offset, message.key)
+    headers = _headers(message.headers)
+    return Origin(message.topic, message.partition, message.offset, message.key, headers)
+
+
+def _headers(
+    raw: Sequence[tuple[str, bytes | None]] | Mapping[str, bytes | None] | None,
+) -> Headers:
+    """A record's headers as (name, bytes) pairs: aiokafka gives pairs, Faust may give a
+    mapping, and Kafka allows a header without a value (None)."""
+    if not raw:
+        return ()
+    pairs = raw.items() if isinstance(raw, Mapping) else raw
+    return tuple((str(name), bytes(value or b"")) for name, value in pairs)
 
 
 async def _run_step(
-    runtime: Runtime, stream: faust.StreamT[bytes], step_of: Callable[[], Step | None]
+    runtime: Runtime,
+    stream: faust.StreamT[bytes],
+    step_of: Callable[[], Step | None],
+    stage: str,
 ) -> AsyncIterator[None]:
-    """The loop of every agent: consume, call the step, produce its outputs."""
-    step = await _wait_for(step_of)
+    """The loop of every agent: consume, call the step, produce its outputs.
+
+    With tracing on, the step runs in a span `clipguard.<stage>` whose context its outputs
+    carry in their headers (streams/tracing.py); off, the step is called as it is.
+    """
+    step = runtime.tracing.traced(stage, await _wait_for(step_of), runtime.codec)
     async for event in stream.events():
         origin = _origin(event)
         try:
@@ -468,7 +491,7 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
 
     @app.agent(requests, concurrency=max(1, settings.decode_workers), name="clipguard.decode")
     async def decode_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for _ in _run_step(runtime, stream, lambda: runtime.decode_step):
+        async for _ in _run_step(runtime, stream, lambda: runtime.decode_step, "decode"):
             yield None
 
     @app.agent(
@@ -477,7 +500,7 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
         name="clipguard.classify",
     )
     async def classify_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for _ in _run_step(runtime, stream, lambda: runtime.classify_step):
+        async for _ in _run_step(runtime, stream, lambda: runtime.classify_step, "classify"):
             yield None
 
     results_step = ResultsStep(
@@ -494,5 +517,5 @@ def _add_agents(app: faust.App, runtime: Runtime) -> None:
     # The only writer of the result table (Faust allows table writes from one agent instance).
     @app.agent(results_and_progress, concurrency=1, name="clipguard.results")
     async def results_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for _ in _run_step(runtime, stream, lambda: results_step):
+        async for _ in _run_step(runtime, stream, lambda: results_step, "results"):
             yield None

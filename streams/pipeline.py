@@ -64,18 +64,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+Headers = tuple[tuple[str, bytes], ...]
+
+
 @dataclass(frozen=True)
 class Origin:
     topic: str
     partition: int
     offset: int
     key: bytes | None
+    # The message's Kafka record headers; the steps read none of them (streams/tracing.py reads
+    # the trace context there).
+    headers: Headers = ()
 
     def __str__(self) -> str:
         return f"{self.topic}[{self.partition}]@{self.offset}"
-
-
-Headers = tuple[tuple[str, bytes], ...]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from streams.health import BrokerMonitor
 from streams.records import ClassificationResult, ClipRequest
 from streams.settings import Settings
 from streams.topics import RESULT_TABLE, Topic
+from streams.tracing import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +38,26 @@ class WorkerService:
     async def submit(self, request: ClipRequest, pending: ClassificationResult) -> None:
         """Publish the pending status, then the request; returns once Kafka has both.
 
-        A 202 therefore means the clip is durably queued.
+        A 202 therefore means the clip is durably queued. With tracing on, the clip's trace
+        starts here: both messages carry its context in their headers (streams/tracing.py).
         """
         key = request["id"].encode()
         messages = (
             (Topic.PROGRESS, self.codec.serialize(RESULT, pending)),
             (Topic.REQUESTS, self.codec.serialize(REQUEST, request)),
         )
-        try:
-            for topic, value in messages:
-                pending_send = await self.runtime.topics[topic].send(key=key, value=value)
-                await asyncio.wait_for(pending_send, timeout=SUBMIT_TIMEOUT_S)
-        except (KafkaError, TimeoutError) as exc:
-            raise QueueUnavailable(f"not queued: {exc!r}", clip_id=request["id"]) from exc
+        # Runtime.tracing (None: a runtime without one, as in tests).
+        tracing: Tracing = getattr(self.runtime, "tracing", None) or Tracing()
+        with tracing.submitting(request) as headers:
+            extra: dict[str, Any] = {"headers": list(headers)} if headers else {}
+            try:
+                for topic, value in messages:
+                    pending_send = await self.runtime.topics[topic].send(
+                        key=key, value=value, **extra
+                    )
+                    await asyncio.wait_for(pending_send, timeout=SUBMIT_TIMEOUT_S)
+            except (KafkaError, TimeoutError) as exc:
+                raise QueueUnavailable(f"not queued: {exc!r}", clip_id=request["id"]) from exc
 
     def owner_url(self, clip_id: str) -> str | None:
         """Base URL of the worker owning this id's table partition; None when it is this one."""

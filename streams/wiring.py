@@ -22,6 +22,7 @@ from streams.logs import configure_logging
 from streams.metrics import serve
 from streams.service import WorkerService
 from streams.settings import Settings
+from streams.tracing import tracing_from_env
 
 
 def create_worker(settings: Settings) -> faust.App:
@@ -36,6 +37,8 @@ def create_worker(settings: Settings) -> faust.App:
 def run_worker(settings: Settings) -> int:
     configure_logging(settings)  # streams/logs.py: levels, text or JSON, secrets scrubbed
     app = create_worker(settings)  # configuration mistakes surface here, before Kafka is touched
+    # OpenTelemetry traces (docs/tracing.md): only when the standard OTEL_* variables ask.
+    runtime_of(app).tracing = tracing_from_env()
     # GET /metrics on a port of its own (docs/metrics.md): no key there, so not the API's port.
     bind = settings.metrics_bind or settings.web_bind or settings.web_host
     serve(runtime_of(app).metrics.registry, settings.metrics_port, bind)
